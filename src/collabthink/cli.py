@@ -1,0 +1,175 @@
+"""The `collabthink` command line: a thin layer over the Python API.
+
+Bad input ends with one line on stderr naming the value and the fix, and exit code 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import fields
+from typing import Sequence
+
+from .methods import METHODS
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise UsageError(message)
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got '{text}'") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
+        return value
+
+    return parse
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", default="llama.cpp", help="backend (default: llama.cpp, embedded)")
+    g.add_argument("--model", default=None, help="GGUF path or packaged model name (default: the packaged default)")
+    g.add_argument("--threads", type=_positive_int("--threads"), default=None, help="CPU threads (default: all)")
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("method")
+    g.add_argument("--method", default="parallel", help=f"one of: {', '.join(METHODS)} (default: parallel)")
+    g.add_argument("-n", "--branches", type=_positive_int("--branches"), default=None, help="parallel branches")
+    g.add_argument("--max-tokens", "--budget", dest="budget", type=_positive_int("--max-tokens"), default=None,
+                   help="generated tokens per branch")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="collabthink", description="Collaborative parallel thinking for reasoning LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    solve = sub.add_parser("solve", help="solve one problem with N branches and print the voted answer")
+    solve.add_argument("problem", help="the problem text ('-' reads it from stdin)")
+    _add_method_args(solve)
+    _add_engine_args(solve)
+    solve.add_argument("--reference", default=None, help="the known answer, to grade the result")
+    solve.add_argument("--json", action="store_true", help="print the full result and trace as JSON")
+    solve.add_argument("--quiet", action="store_true", help="no progress display")
+    return parser
+
+
+def _method_options(args: argparse.Namespace) -> dict:
+    """The method-config fields that were given on the command line (the rest keep their defaults)."""
+    if args.method not in METHODS:
+        raise UsageError(f"unknown method '{args.method}': choose one of {', '.join(METHODS)}")
+    names = {f.name for f in fields(METHODS[args.method].config)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+
+
+class ProgressDisplay:
+    """Tokens per branch while a method runs: a live line on a terminal, a line every 10 s otherwise."""
+
+    def __init__(self, enabled: bool, stream=None):
+        self.enabled = enabled
+        self.stream = stream = stream or sys.stderr
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, event: dict) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < (0.2 if self.tty else 10.0):
+            return
+        self.last = now
+        tokens = event.get("tokens", [])
+        phase = event.get("phase", "")
+        round_ = event.get("round")
+        head = f"[{now - self.started:6.1f}s] {phase}" + (f" round {round_}" if round_ is not None else "")
+        line = f"{head} | tokens per branch: {' '.join(str(t) for t in tokens)} | total {sum(tokens)}"
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line[: 200])
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+
+
+def _print_result(result, out=None) -> None:
+    out = out or sys.stdout
+    t = result.trace
+    cost = t.cost
+    print(f"answer: {result.answer}", file=out)
+    if result.correct is not None:
+        print(f"correct: {result.correct} (reference {t.reference})", file=out)
+    votes = ", ".join(f"{a}: {c:g}" for a, c in sorted(result.votes.items(), key=lambda kv: -kv[1]))
+    print(f"votes: {votes or 'none'} ({t.vote.get('valid', 0)}/{t.vote.get('total', 0)} branches boxed an answer)", file=out)
+    for b in result.branches:
+        print(f"  branch {b.index}: answer={b.answer} tokens={b.n_tokens} finish={b.finish_reason}", file=out)
+    rate = cost.generated_tokens / cost.decode_s if cost.decode_s else 0.0
+    print(
+        f"tokens: {cost.generated_tokens} generated ({rate:.1f} tok/s), prefill {cost.prefill_computed} computed / "
+        f"{cost.prefill_reused} reused; wall {cost.wall_s:.1f}s",
+        file=out,
+    )
+
+
+def _cmd_solve(args: argparse.Namespace) -> int:
+    from .api import make_engine, method_config, solve
+
+    problem = sys.stdin.read() if args.problem == "-" else args.problem
+    if not problem.strip():
+        raise UsageError("the problem is empty: pass the problem text, or '-' to read it from stdin")
+    config = method_config(args.method, **_method_options(args))
+    engine_options = {"n_threads": args.threads} if args.threads else {}
+    engine = make_engine(args.engine, model=args.model, config=config, **engine_options)
+    display = ProgressDisplay(enabled=not args.quiet and not args.json)
+    try:
+        result = solve(problem, method=args.method, engine=engine, reference=args.reference, progress=display,
+                       **_method_options(args))
+    finally:
+        display.close()
+    if args.json:
+        json.dump(result.to_dict(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+    else:
+        _print_result(result)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .engines.base import EngineError
+    from .engines.models import ModelNotFound
+
+    try:
+        args = build_parser().parse_args(argv)
+        return {"solve": _cmd_solve}[args.command](args)
+    except (UsageError, ValueError, EngineError, ModelNotFound) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"collabthink: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("collabthink: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

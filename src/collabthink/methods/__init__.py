@@ -1,0 +1,20 @@
+"""Methods: controllers over an engine. Each has a config dataclass and a run function."""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from .base import Branch, Cost, MethodConfig, Result, Trace
+from .parallel import ParallelConfig, run_parallel
+
+
+class MethodSpec(NamedTuple):
+    config: type[MethodConfig]
+    run: Callable[..., Result]
+
+
+METHODS: dict[str, MethodSpec] = {
+    "parallel": MethodSpec(ParallelConfig, run_parallel),
+}
+
+__all__ = ["METHODS", "MethodSpec", "MethodConfig", "ParallelConfig", "run_parallel", "Branch", "Cost", "Result", "Trace"]
