@@ -9,10 +9,6 @@ from .engines.base import Engine
 from .methods import METHODS
 from .methods.base import MethodConfig, ProgressCallback, Result
 
-# Room for the question prompt and what a method injects, beyond the generated budget.
-PROMPT_ROOM = 1024
-
-
 def method_config(method: str, **options: Any) -> MethodConfig:
     """The typed config of a method from keyword options; unknown methods and options are errors."""
     if method not in METHODS:
@@ -32,7 +28,7 @@ def make_engine(
         from .engines.llamacpp import LlamaCppEngine
 
         if config is not None:
-            engine_options.setdefault("n_ctx", max(2048, config.budget + PROMPT_ROOM))
+            engine_options.setdefault("n_ctx", max(2048, config.context_tokens()))
             engine_options.setdefault("n_seq_max", max(2, 2 * config.branches))
         return LlamaCppEngine(model, **engine_options)
     raise ValueError(f"unknown engine '{kind}': choose llama.cpp")

@@ -56,6 +56,19 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=float, default=None)
     g.add_argument("--top-p", type=float, default=None)
     g.add_argument("--top-k", type=int, default=None)
+    c = p.add_argument_group("cpt (--method cpt)")
+    c.add_argument("--chunk-tokens", type=_positive_int("--chunk-tokens"), default=None, help="tokens per round (T)")
+    c.add_argument("--placement", default=None, help="where broadcasts go: tail (keeps the KV cache) or head (paper)")
+    c.add_argument("--extraction", default=None, help="fork (on the branch's cache) or fresh (paper: re-read transcript)")
+    c.add_argument("--selection", default=None, help="which pool entries a branch gets: novel or randomk")
+    c.add_argument("--broadcast-k", type=_positive_int("--broadcast-k"), default=None, help="entries per broadcast")
+    c.add_argument("--no-schedule", dest="schedule", action="store_const", const=False, default=None,
+                   help="broadcast from round 0 instead of waiting for novelty to drop")
+    c.add_argument("--tau-start", type=float, default=None, help="start broadcasting when D_t < this")
+    c.add_argument("--tau-stop", type=float, default=None, help="finalize when D_t < this")
+    c.add_argument("--extract-max-tokens", type=_positive_int("--extract-max-tokens"), default=None)
+    c.add_argument("--no-embeddings", dest="embeddings", action="store_const", const=False, default=None,
+                   help="dedup notes by text only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +89,13 @@ def _method_options(args: argparse.Namespace) -> dict:
     if args.method not in METHODS:
         raise UsageError(f"unknown method '{args.method}': choose one of {', '.join(METHODS)}")
     names = {f.name for f in fields(METHODS[args.method].config)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+    every = {f.name for spec in METHODS.values() for f in fields(spec.config)}
+    given = {k: v for k, v in vars(args).items() if k in every and v is not None}
+    foreign = sorted(set(given) - names)
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise UsageError(f"{flags} does not apply to --method {args.method}")
+    return given
 
 
 class ProgressDisplay:
@@ -124,6 +143,11 @@ def _print_result(result, out=None) -> None:
     print(f"votes: {votes or 'none'} ({t.vote.get('valid', 0)}/{t.vote.get('total', 0)} branches boxed an answer)", file=out)
     for b in result.branches:
         print(f"  branch {b.index}: answer={b.answer} tokens={b.n_tokens} finish={b.finish_reason}", file=out)
+    if "pool" in t.extra:
+        changes = t.extra.get("phase_changes", {})
+        phases = ", ".join(f"{p} after round {r}" for p, r in changes.items()) or "explore throughout"
+        print(f"rounds: {len(t.rounds)}; pool: {len(t.extra['pool'])} notes; phases: {phases}; "
+              f"injected {cost.injected_tokens} tokens, extraction wrote {t.extra.get('extraction_tokens', 0)}", file=out)
     rate = cost.generated_tokens / cost.decode_s if cost.decode_s else 0.0
     print(
         f"tokens: {cost.generated_tokens} generated ({rate:.1f} tok/s), prefill {cost.prefill_computed} computed / "

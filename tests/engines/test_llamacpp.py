@@ -19,12 +19,22 @@ def test_system_info_shows_the_cpu_features_in_use(engine):
     assert "AVX2 = 1" in engine.system_info and "FMA = 1" in engine.system_info
 
 
-def test_batched_decode_matches_each_sequence_alone(engine):
-    prompts = [prompt(engine, q) for q in QUESTIONS]
-    batched = engine.generate([Request(p, GREEDY) for p in prompts])
-    alone = [engine.generate([Request(p, GREEDY)])[0] for p in prompts]
-    assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
-    assert all(c.n_tokens > 0 for c in batched)
+def test_batched_decode_matches_each_sequence_alone():
+    # With one KV stream per sequence, batching changes no arithmetic, so greedy tokens are identical.
+    # (The default unified KV buffer is faster at N >= 8 but sums attention over a different number of
+    # cells, so a near-tie can flip after a few tokens; it is numerically, not logically, different.)
+    from collabthink.engines.llamacpp import LlamaCppEngine
+
+    engine = LlamaCppEngine("smollm2-135m", n_ctx=512, n_seq_max=4, kv_unified=False)
+    try:
+        prompts = [prompt(engine, q) for q in QUESTIONS]
+        batched = engine.generate([Request(p, GREEDY) for p in prompts])
+        alone = [engine.generate([Request(p, GREEDY)])[0] for p in prompts]
+        assert [c.token_ids for c in batched] == [c.token_ids for c in alone]
+        assert all(c.n_tokens > 0 for c in batched)
+        assert sum(c.prompt_reused for c in batched) > 0  # the shared system prompt was copied, not recomputed
+    finally:
+        engine.close()
 
 
 def test_prefix_reuse_continues_like_a_cold_prefill(engine):

@@ -20,9 +20,10 @@ P = "pitfall"
 def test_instruction_lists_own_notes_and_format():
     text = extraction_instruction(["n is odd", Note(P, "x may be 0")], max_notes=3)
     assert text.startswith("Pause.")
-    assert "at most 3" in text
+    assert "up to 3" in text
     assert "- n is odd" in text and "- (type=pitfall) x may be 0" in text
-    assert NOTES_OPEN in text and NOTES_CLOSE in text
+    assert NOTES_CLOSE in text and NOTES_OPEN not in text  # the caller opens the block after it
+    assert "..." not in text  # shown placeholders get copied verbatim by small models
     assert "(type=insight)" in text and "(type=pitfall)" in text
     assert "earlier notes" not in extraction_instruction([])
     assert len(text) < 1000  # small models read it; keep it compact
@@ -33,7 +34,17 @@ def test_fresh_messages():
     assert [m["role"] for m in msgs] == ["system", "user"]
     user = msgs[1]["content"]
     assert "Find x." in user and "We have x^2 = 4." in user and "x is real" in user
-    assert user.rstrip().endswith(NOTES_CLOSE)
+    assert user.index("We have x^2 = 4.") < user.index(NOTES_CLOSE)
+
+
+# Real Qwen2.5-1.5B replies: placeholders copied from a format example, and sentences wrapped in tags.
+def test_placeholders_and_wrapper_tags_from_real_replies():
+    copied = "- (type=insight) ...\n- (type=pitfall) ...\n</notes>"
+    assert parse_notes(copied, finished=True) == []
+    wrapped = ("insight) <fact>After breakfast, there are 13 eggs left.</fact>\n"
+               "- (type=insight) <fact>After muffins, there are 9 eggs left.</fact>\n")
+    assert parse_notes("- (type=" + wrapped, finished=True) == [
+        Note(I, "After breakfast, there are 13 eggs left."), Note(I, "After muffins, there are 9 eggs left.")]
 
 
 def test_accepted_bullet_styles():

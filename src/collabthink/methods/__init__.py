@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from .base import Branch, Cost, MethodConfig, Result, Trace
+from .cpt import CPTConfig, run_cpt
 from .parallel import ParallelConfig, run_parallel
 
 
@@ -15,6 +16,7 @@ class MethodSpec(NamedTuple):
 
 METHODS: dict[str, MethodSpec] = {
     "parallel": MethodSpec(ParallelConfig, run_parallel),
+    "cpt": MethodSpec(CPTConfig, run_cpt),
 }
 
-__all__ = ["METHODS", "MethodSpec", "MethodConfig", "ParallelConfig", "run_parallel", "Branch", "Cost", "Result", "Trace"]
+__all__ = ["METHODS", "MethodSpec", "MethodConfig", "ParallelConfig", "run_parallel", "CPTConfig", "run_cpt", "Branch", "Cost", "Result", "Trace"]

@@ -47,6 +47,10 @@ class MethodConfig:
             **changes,
         )
 
+    def context_tokens(self) -> int:
+        """The context window a branch needs: the question prompt and the whole budget."""
+        return self.budget + 1024
+
     @classmethod
     def from_options(cls, **options: Any) -> "MethodConfig":
         """Build from keyword options, rejecting unknown ones by name (a typo must not pass silently)."""

@@ -53,25 +53,24 @@ def extraction_instruction(own_notes: Sequence[str | Note], max_notes: int = 5) 
     own reasoning (fork mode) and as a user message after a transcript (fresh
     mode).  The branch's earlier notes are listed so it does not repeat them.
     """
+    # Measured on Qwen2.5-1.5B: a format shown with "..." placeholders is copied literally, so the
+    # format is described in words and the note text is left for the model to write.
     lines = [
-        f"Pause. Write at most {max_notes} notes on the reasoning so far, for other workers on the same problem.",
-        "Each note: one sentence, a NEW intermediate fact you have checked yourself and that others can reuse.",
-        "type=insight: a fact, relation, invariant or reduction.",
-        "type=pitfall: an unsafe step, a missing case or a dead end.",
-        "Never write a final answer, a count of solutions, or a claim that something is unique or impossible.",
+        f"Pause. Before continuing, write up to {max_notes} notes for other workers solving the same problem.",
+        "Each note is one sentence: a specific intermediate result from the work above that you have checked "
+        "(type=insight: a fact, relation, invariant or reduction), or a step to avoid "
+        "(type=pitfall: an unsafe step, a missing case or a dead end).",
+        "Use concrete quantities. Do not restate facts given in the problem. Never write a final answer, "
+        "a count of solutions, or a claim that something is unique or impossible.",
     ]
     own = [_render_own_note(n).strip() for n in own_notes]
     own = [n for n in own if n]
     if own:
-        lines.append("Do not repeat your earlier notes:")
+        lines.append("Your earlier notes (do not repeat them):")
         lines.extend(f"- {n}" for n in own)
     lines += [
-        "If there is nothing new and verified, leave the block empty.",
-        "Output exactly:",
-        NOTES_OPEN,
-        "- (type=insight) ...",
-        "- (type=pitfall) ...",
-        NOTES_CLOSE,
+        'Write each note on its own line, starting with "- (type=insight)" or "- (type=pitfall)", '
+        f"then end with {NOTES_CLOSE}. If nothing new is verified, write {NOTES_CLOSE} at once.",
     ]
     return "\n".join(lines)
 
@@ -127,8 +126,16 @@ _FINAL_ANSWER_RE = re.compile(
 )
 
 
+_WRAPPER_TAG_RE = re.compile(r"^<\s*([A-Za-z_]+)\s*>(.*?)<\s*/\s*\1\s*>$")
+_HAS_CONTENT_RE = re.compile(r"[^\W_]")
+
+
 def _clean_text(text: str) -> str:
     text = " ".join(text.split())
+    # Small models wrap the sentence in the placeholder's tag (`<fact>...</fact>`): unwrap it.
+    wrapped = _WRAPPER_TAG_RE.match(text)
+    if wrapped:
+        text = wrapped.group(2).strip()
     # Models sometimes quote the sentence; the quotes carry no information.
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'`":
         text = text[1:-1].strip()
@@ -177,7 +184,7 @@ def parse_notes(text: str, finished: bool, *, max_notes: int | None = None) -> l
         if kind not in NOTE_KINDS:
             continue
         body = _clean_text(m.group(2))
-        if not body or len(body) > MAX_NOTE_CHARS:
+        if not _HAS_CONTENT_RE.search(body) or len(body) > MAX_NOTE_CHARS:  # "..." is a placeholder, not a note
             continue
         if _FINAL_ANSWER_RE.search(body):
             continue
