@@ -5,13 +5,14 @@ decode loop (no engine logic: greedy argmax, no stop checks), and their ratio (t
 Then the prefill rate, and the cost of resuming a paused sequence with 32 appended tokens against
 re-prefilling its whole context (target: reuse >= 10x cheaper at 1,500 tokens of context).
 
-    python benchmarks/engine_throughput.py [--model NAME_OR_PATH] [--tokens 96] [--ns 1,4,8,16]
+    python benchmarks/engine_throughput.py [--model NAME_OR_PATH] [--tokens 96] [--ns 1,4,8,16] [--trials 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import numpy as np
@@ -68,7 +69,7 @@ def engine_decode(engine: LlamaCppEngine, prompt: list[int], n: int, tokens: int
     """Decode-only rate: from the first progress callback (prefill done) to the end."""
     engine.reset()
     marks: list[float] = []
-    params = SamplingParams(max_tokens=tokens, seed=1)
+    params = SamplingParams(max_tokens=tokens, seed=1, ignore_eos=True)  # the raw loop never stops early
     reqs = [Request(prompt, params.but(seed=i), slot=f"s{i}") for i in range(n)]
     out = engine.generate(reqs, progress=lambda counts: marks.append(time.perf_counter()) if not marks else None)
     end = time.perf_counter()
@@ -82,6 +83,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=96)
     ap.add_argument("--ns", default="1,4,8,16")
     ap.add_argument("--context", type=int, default=1500)
+    ap.add_argument("--trials", type=int, default=3)
     args = ap.parse_args()
     ns = [int(x) for x in args.ns.split(",")]
 
@@ -93,12 +95,17 @@ def main() -> None:
     engine_decode(engine, prompt, 1, 4)  # warm-up both
     raw.run(prompt, 1, 4)
 
-    print(f"\ndecode, {args.tokens} tokens per sequence (aggregate tokens/s):")
+    print(f"\ndecode, {args.tokens} tokens per sequence, median of {args.trials} interleaved trials "
+          "(aggregate tokens/s):")
     print(f"{'N':>3} {'engine':>9} {'raw':>9} {'ratio':>6}")
     for n in ns:
-        e_tok, e_s = engine_decode(engine, prompt, n, args.tokens)
-        r_tok, r_s = raw.run(prompt, n, args.tokens)
-        e_rate, r_rate = e_tok / e_s, r_tok / r_s
+        e_rates, r_rates = [], []
+        for _ in range(args.trials):  # alternate so drift in machine speed hits both alike
+            e_tok, e_s = engine_decode(engine, prompt, n, args.tokens)
+            r_tok, r_s = raw.run(prompt, n, args.tokens)
+            e_rates.append(e_tok / e_s)
+            r_rates.append(r_tok / r_s)
+        e_rate, r_rate = statistics.median(e_rates), statistics.median(r_rates)
         print(f"{n:>3} {e_rate:9.1f} {r_rate:9.1f} {e_rate / r_rate:6.2f}", flush=True)
 
     # Prefill rate and resume cost at `context` tokens.
@@ -110,7 +117,7 @@ def main() -> None:
     engine.generate([Request(context, one, slot="paused")])
     cold_s = time.perf_counter() - t0
     print(f"\nprefill: {len(context)} tokens in {cold_s:.2f}s = {len(context) / cold_s:.1f} tok/s")
-    appended = context + engine.tokenize(" " + "Now continue the story with a new chapter about the sea " * 2)[:32]
+    appended = context + engine.tokenize(" " + "Now continue the story with a new chapter about the sea " * 4)[:32]
     t0 = time.perf_counter()
     warm = engine.generate([Request(appended, one, slot="paused")])[0]
     warm_s = time.perf_counter() - t0

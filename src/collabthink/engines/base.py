@@ -25,6 +25,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int = 0  # top-k logprobs to return per generated token; 0 = none
+    ignore_eos: bool = False  # keep going past end-of-sequence (benchmarks need fixed lengths)
 
     def __post_init__(self) -> None:
         if self.max_tokens <= 0:

@@ -35,7 +35,7 @@ class LlamaCppConfig:
     n_batch: int = 512  # prompt tokens per llama_decode during prefill
     n_threads: int | None = None  # None = every core
     kv_unified: bool = True  # one KV buffer for all sequences: measured faster at every N here
-    flash_attn: bool = False
+    flash_attn: bool | None = None  # None = llama.cpp decides (on for this CPU build: faster at N >= 8)
 
     def __post_init__(self) -> None:
         for name in ("n_ctx", "n_seq_max", "n_batch"):
@@ -132,7 +132,8 @@ class LlamaCppEngine:
         cparams.n_threads_batch = threads
         cparams.kv_unified = cfg.kv_unified
         cparams.swa_full = True  # sliding-window models must keep every position for prefix reuse
-        cparams.flash_attn_type = 1 if cfg.flash_attn else 0
+        if cfg.flash_attn is not None:
+            cparams.flash_attn_type = 1 if cfg.flash_attn else 0
         self._ctx = ll.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             raise EngineError(
@@ -211,8 +212,11 @@ class LlamaCppEngine:
             self._free_seqs.append(s.seq_id)
 
     def reset(self) -> None:
+        """Forget every slot. Clearing the whole cache also rewinds llama.cpp's cell cursor, so later
+        sequences are packed at the start of the buffer and attention spans only the cells in use."""
         for name in list(self._slots):
             self.release(name)
+        self._ll.llama_memory_clear(self._mem, True)
 
     @property
     def slots(self) -> dict[str, int]:
@@ -371,7 +375,7 @@ class LlamaCppEngine:
         if run.logprobs is not None:
             run.logprobs.append(top_logprobs(logits, params.logprobs))
         token = sample(logits, params, run.rng)
-        if self._ll.llama_vocab_is_eog(self._vocab, token):
+        if not params.ignore_eos and self._ll.llama_vocab_is_eog(self._vocab, token):
             if run.logprobs:
                 run.logprobs.pop()  # the end token is not returned, nor its logprobs
             run.finish = "eos"

@@ -267,16 +267,20 @@ class CPTRun:
         cfg, cost = self.config, self.trace.cost
         params = SamplingParams(max_tokens=cfg.extract_max_tokens, temperature=cfg.extract_temperature,
                                 top_p=cfg.extract_top_p, top_k=cfg.top_k, stop=(NOTES_CLOSE,))
-        requests = []
+        requests, asked = [], []
         for s in states:
             seeded = params.but(seed=cfg.seed * 1000 + s.branch.index + 500_000 + len(self.trace.rounds))
             if cfg.extraction == "fork":
                 instruction = self.engine.tokenize(
                     "\n\n" + extraction_instruction(s.notes, cfg.max_notes) + "\n" + NOTES_OPEN + "\n", special=False)
                 injected = len(instruction)
-                room = self.room(s, extra=injected)
+                # Extraction tokens are not part of the branch's budget: only the context window limits them.
+                room = self.engine.n_ctx - 1 - len(self.prompt_of(s)) - len(s.context) - injected
+                if room <= 0:
+                    rec["trims"].append({"branch": s.branch.index, "extraction_skipped": "context"})
+                    continue
                 requests.append(Request(self.prompt_of(s) + s.context + instruction,
-                                        seeded.but(max_tokens=max(1, min(cfg.extract_max_tokens, room))), slot=s.slot))
+                                        seeded.but(max_tokens=min(cfg.extract_max_tokens, room)), slot=s.slot))
             else:
                 transcript = self.engine.detokenize(s.generated)
                 messages = fresh_extraction_messages(self.problem, transcript, s.notes, cfg.max_notes)
@@ -287,13 +291,14 @@ class CPTRun:
                     rec["trims"].append({"branch": s.branch.index, "extraction_skipped": "context"})
                     continue
                 requests.append(Request(prompt, seeded.but(max_tokens=min(cfg.extract_max_tokens, room))))
+            asked.append(s)
             rec["injected"] += injected
             cost.injected_tokens += injected
         completions = self.engine.generate(requests)
         self._account(rec, completions)
         found = []
         rec["extracted_by_branch"] = {}
-        for s, c in zip(states, completions):
+        for s, c in zip(asked, completions):
             self.extraction_tokens += c.n_tokens
             notes = parse_notes(c.text, finished=c.finish_reason in ("stop", "eos"), max_notes=cfg.max_notes)
             s.notes += notes

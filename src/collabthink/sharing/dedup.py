@@ -147,7 +147,9 @@ class MiniLMEmbedder:
             if model_dir is None or not Path(model_dir).is_dir():
                 raise FileNotFoundError(f"MiniLM model directory not found ({MINILM_PACKAGE} not installed?)")
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
+            hf_logging.disable_progress_bar()  # a weights bar on every load would mix into our progress line
             self._model = SentenceTransformer(str(model_dir), device=self.device)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
