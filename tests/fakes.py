@@ -12,7 +12,7 @@
 - Prefix cache: one cached token list per slot; a request reuses its common prefix with its slot's
   cache (always recomputing at least the last prompt token), and afterwards the slot holds the
   prompt and the generated tokens except the last sampled one (never fed back to the model).
-  `fork_of` reads another slot's cache and leaves it untouched. Requests without slot reuse nothing.
+  Requests without slot reuse nothing.
 - Every call is recorded in `calls` as (requests, completions), so tests can inspect prompt layouts.
 """
 
@@ -101,13 +101,13 @@ class FakeEngine:
         for r, c in zip(requests, completions):
             if r.slot is not None:
                 self._cache[r.slot] = list(r.prompt) + (c.token_ids[:-1] if c.token_ids else [])
-        self.calls.append(Call([Request(list(r.prompt), r.params, r.slot, r.fork_of) for r in requests], completions))
+        self.calls.append(Call([Request(list(r.prompt), r.params, r.slot) for r in requests], completions))
         if progress is not None:
             progress([c.n_tokens for c in completions])
         return completions
 
     def _one(self, r: Request, before: dict[str, list[int]]) -> Completion:
-        source = r.fork_of if r.fork_of is not None else r.slot
+        source = r.slot
         cached = before.get(source, []) if source is not None else []
         reused = min(_common_prefix(cached, r.prompt), len(r.prompt) - 1)
         text = self.script(r, self)

@@ -181,7 +181,7 @@ def test_fork_extraction_extends_the_branch_and_is_dropped_afterwards():
         dec, ext = decodes(engine, b), extractions(engine, b)
         assert len(ext) == 4  # every round but the last (all done: nothing left to share with)
         for k, (r, _) in enumerate(ext):
-            assert r.slot == slot and r.fork_of is None
+            assert r.slot == slot
             before = dec[k][0].prompt + dec[k][1].token_ids
             assert r.prompt[: len(before)] == before
             tail = engine.text(r.prompt[len(before):])
@@ -199,7 +199,7 @@ def test_fresh_extraction_is_a_separate_conversation_with_the_transcript():
     script = CPTScript(notes=notes)
     result, engine = run(cfg(schedule=False, extraction="fresh", budget=120), script)
     ext = extractions(engine)
-    assert len(ext) == 4 and all(r.slot is None and r.fork_of is None for r, _ in ext)
+    assert len(ext) == 4 and all(r.slot is None for r, _ in ext)
     for b in (0, 1):
         dec = decodes(engine, b)
         for k in range(2):

@@ -50,14 +50,14 @@ class Request:
 
     `slot` names a cache slot (a branch): if the slot's cached tokens share a prefix with `prompt`,
     only the rest is prefilled, which is what lets a branch pause after a chunk and resume with
-    appended text at the cost of the appended tokens. `fork_of` names a slot whose cache is copied
-    into a throw-away sequence first (extraction as a fork of a branch); the named slot is untouched.
+    appended text at the cost of the appended tokens. A request on a slot whose cache holds a longer
+    sequence drops the cached tail beyond the common prefix: that is how a temporary continuation (CPT's
+    fork extraction) is discarded before the branch resumes.
     """
 
     prompt: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
     slot: str | None = None
-    fork_of: str | None = None
 
 
 @dataclass
