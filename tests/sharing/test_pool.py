@@ -93,9 +93,9 @@ def test_normalised_exact_duplicates_in_batch_first_author_keeps():
 
 
 def test_batch_internal_paraphrases_with_embedder():
-    emb = FakeEmbedder({"the roots sum to 5": 0, "by vieta r1+r2=5": 0})
+    emb = FakeEmbedder({"the roots sum to 5": 0, "by vieta the two roots add up to 5": 0})
     pool = SharedPool(PoolConfig(), emb)
-    r = pool.add_round(notes((0, "the roots sum to 5"), (1, "by Vieta r1+r2=5")), round=0)
+    r = pool.add_round(notes((0, "the roots sum to 5"), (1, "by Vieta the two roots add up to 5")), round=0)
     assert r.new_ids == [0] and len(pool) == 1
     assert pool.get(0).hits == 2
     assert len(emb.calls) == 1 and len(emb.calls[0]) == 2  # one embed call per batch
@@ -201,3 +201,21 @@ def test_bad_embedder_shape():
 
     with pytest.raises(ValueError):
         SharedPool(PoolConfig(), Bad()).add_round(notes((0, "a"), (1, "b")), round=0)
+
+
+def test_cosine_match_needs_the_same_numbers():
+    # Real Qwen2.5-1.5B notes: a paraphrase with a different (wrong) number must not merge into the right one.
+    class Same:
+        def embed(self, texts):
+            return np.ones((len(texts), 4), dtype=np.float32)  # every pair has cosine 1
+
+    pool = SharedPool(PoolConfig(), embedder=Same())
+    right = Note("insight", "Therefore, the number of eggs left for the market is \\(13 - 4 = 9\\) eggs.")
+    wrong = Note("insight", "The number of eggs left for the farmers' market is \\(13\\) eggs.")
+    same = Note("insight", "So 13 - 4 = 9 eggs remain for the market.")
+    pool.add_round([(0, right)], round=0)
+    added = pool.add_round([(1, wrong), (2, same)], round=1)
+    assert added.new_ids == [1] and added.duplicate_ids == [0]
+    assert "9" in pool.get(0).text and pool.get(1).text == wrong.text
+    assert not SharedPool(PoolConfig(numbers_must_match=False), embedder=Same()).add_round(
+        [(0, right), (1, wrong)], round=0).new_ids == [0, 1]

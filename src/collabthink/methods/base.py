@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Sequence
 
 from ..answers import Vote, final_answer, majority_vote
 from ..engines.base import Engine, SamplingParams
@@ -159,12 +159,25 @@ def config_dict(config: Any) -> dict:
     return asdict(config) if is_dataclass(config) else dict(config)
 
 
-def finish(trace: Trace, started: float, think_end: str | None = "</think>") -> Result:
-    """Extract answers, vote, grade against the reference if known, and close the trace."""
+def finish(
+    trace: Trace,
+    started: float,
+    think_end: str | None = "</think>",
+    weights: Sequence[float] | None = None,
+    exclude: Collection[int] = (),
+) -> Result:
+    """Extract answers, vote, grade against the reference if known, and close the trace.
+
+    By default every branch has one vote. A method with its own ballot passes `weights` (one per
+    branch, in `trace.branches` order) and/or `exclude` (positions in `trace.branches` whose answers
+    do not vote, e.g. branches stopped early); excluded branches still get their answer extracted
+    and graded, and count in the vote's `total` but not in `valid`.
+    """
     for b in trace.branches:
         if b.answer is None:
             b.answer = final_answer(b.text, think_end=think_end)
-    vote: Vote = majority_vote([b.answer for b in trace.branches])
+    excluded = set(exclude)
+    vote: Vote = majority_vote([None if i in excluded else b.answer for i, b in enumerate(trace.branches)], weights)
     correct = None
     if trace.reference is not None:
         for b in trace.branches:
@@ -172,6 +185,10 @@ def finish(trace: Trace, started: float, think_end: str | None = "</think>") -> 
         correct = is_correct(vote.winner, trace.reference)
     trace.vote = {"winner": vote.winner, "counts": vote.counts, "valid": vote.valid, "total": vote.total,
                   "correct": correct}
+    if weights is not None:
+        trace.vote["weights"] = [float(w) for w in weights]
+    if excluded:
+        trace.vote["excluded"] = sorted(excluded)
     trace.cost.wall_s = time.perf_counter() - started
     trace.cost.other_s = max(0.0, trace.cost.wall_s - trace.cost.decode_s - trace.cost.extraction_s)
     return Result(answer=vote.winner, votes=dict(vote.counts), branches=trace.branches, trace=trace, correct=correct)

@@ -126,13 +126,19 @@ class CPTRun:
         self.think_close_ids = engine.tokenize(THINK_CLOSE, special=True)
         self.extraction_tokens = 0
         self.phase_changes: dict[str, int] = {}
+        self._prompts: dict[str, list[int]] = {}
 
     # ------------------------------------------------------------------ prompts
     def prompt_of(self, s: _BranchState) -> list[int]:
-        system = self.config.system_prompt or ""
-        if self.config.placement == "head" and s.head_block:
-            system = (system + "\n\n" if system else "") + s.head_block
-        return chat_ids(self.engine, question_messages(self.problem, system or None))
+        """The branch's question prompt (with its head block, in head placement); memoised per block."""
+        block = s.head_block if self.config.placement == "head" else ""
+        ids = self._prompts.get(block)
+        if ids is None:
+            system = self.config.system_prompt or ""
+            if block:
+                system = (system + "\n\n" if system else "") + block
+            ids = self._prompts[block] = chat_ids(self.engine, question_messages(self.problem, system or None))
+        return ids
 
     def room(self, s: _BranchState, extra: int = 0) -> int:
         """Tokens the branch may still generate within its budget and the context window."""
