@@ -6,12 +6,13 @@ from .engines.base import Completion, Engine, EngineError, Request, SamplingPara
 from .engines.llamacpp import LlamaCppConfig, LlamaCppEngine
 from .engines.models import PACKAGED_MODELS, resolve_model
 from .grading import is_correct
-from .methods import METHODS, MethodConfig, ParallelConfig, Result, Trace
+from .methods import METHODS, CPTConfig, DeepConfConfig, LeaPConfig, MethodConfig, ParallelConfig, Result, Trace
 
 __version__ = "0.1.0"
 
 __all__ = [
     "solve", "make_engine", "method_config", "Result", "Trace", "METHODS", "MethodConfig", "ParallelConfig",
+    "CPTConfig", "DeepConfConfig", "LeaPConfig",
     "Engine", "EngineError", "Request", "Completion", "SamplingParams", "LlamaCppEngine", "LlamaCppConfig",
     "PACKAGED_MODELS", "resolve_model", "Vote", "extract_boxed", "final_answer", "majority_vote",
     "normalize_answer", "is_correct",

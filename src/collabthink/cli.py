@@ -69,6 +69,18 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     c.add_argument("--extract-max-tokens", type=_positive_int("--extract-max-tokens"), default=None)
     c.add_argument("--no-embeddings", dest="embeddings", action="store_const", const=False, default=None,
                    help="dedup notes by text only")
+    d = p.add_argument_group("deepconf (--method deepconf; --chunk-tokens sets how often confidence is checked)")
+    d.add_argument("--mode", default=None, help="online (early stop) or offline (filter after)")
+    d.add_argument("--variant", default=None, help="low (keep top 10%%) or high (keep top 90%%)")
+    d.add_argument("--window", type=_positive_int("--window"), default=None, help="tokens per confidence group (w)")
+    d.add_argument("--warmup", type=_positive_int("--warmup"), default=None, help="warm-up traces (N_init)")
+    d.add_argument("--no-consensus", dest="consensus", action="store_const", const=False, default=None,
+                   help="no consensus stop")
+    d.add_argument("--vote", default=None, help="which vote decides the answer (default: auto)")
+    lp = p.add_argument_group("leap (--method leap)")
+    lp.add_argument("--interval", type=_positive_int("--interval"), default=None, help="tokens between exchanges")
+    lp.add_argument("--peers", type=_positive_int("--peers"), default=None, help="peer summaries each path gets")
+    lp.add_argument("--routing", default=None, help="dispersed, clustered, hybrid or random")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,8 +22,9 @@ Formulas
   Positions: a prompt of P tokens per branch; the i-th generated token of a branch (0-based) sits
   at P + i. Prefill computes `prefill_computed` tokens after `prefill_reused` cached ones, spread
   evenly over the branches, per round when the trace has per-round counts. CPT's extraction tokens
-  count as decode at the branch's mid-length context (P + n/2). Softmax, norms and sampling are
-  ignored (lower order).
+  and LeaP's summary tokens count as decode at the branch's mid-length context (P + n/2). Softmax,
+  norms and sampling are ignored (lower order).
+- DeepConf (when present): traces stopped early and skipped, tokens saved, from `trace["deepconf"]`.
 - Duplicate-discovery rate (CPT): share of extracted notes that were already in the pool,
   1 - new/extracted, per round (rounds that extracted something) and overall (sums over rounds).
 """
@@ -38,7 +39,7 @@ from typing import Any, Iterable, Sequence
 __all__ = [
     "pass_at_k", "vote_accuracy", "mean_branch_accuracy", "mean_pass_at_k", "latency", "tokens",
     "dense_params", "transformer_flops", "trace_flops", "duplicate_discovery", "cpt_metrics",
-    "deepconf_metrics", "summarize", "group_key", "setting_label",
+    "deepconf_metrics", "summarize", "summarize_all", "group_key", "setting_label", "is_cpt", "fmt_flops",
 ]
 
 
@@ -159,7 +160,8 @@ def trace_flops(trace: dict) -> dict | None:
     prompt = (cost.get("initial_prompt_tokens", 0) or 0) / b
     gen = [int(x.get("tokens", 0) or 0) for x in branches]
     decode = [(prompt, n) for n in gen if n]
-    extraction = int(trace.get("extraction_tokens", 0) or 0)
+    # tokens a method generates outside the branches: CPT's note extraction, LeaP's summaries
+    extraction = sum(int(trace.get(k, 0) or 0) for k in ("extraction_tokens", "summary_tokens"))
     if extraction:
         decode.append((prompt + (sum(gen) / b) / 2, extraction))
     computed_total = int(cost.get("prefill_computed", 0) or 0)
@@ -253,7 +255,8 @@ def cpt_metrics(records: Sequence[dict]) -> dict | None:
 
 # ----------------------------------------------------------------------------- DeepConf
 
-_STOP_REASONS = {"early_stop", "early_stopped", "stopped_early", "confidence", "low_confidence", "pruned"}
+# finish reasons of traces a method stopped before their end (DeepConf: "confidence", "consensus")
+_STOP_REASONS = {"confidence", "consensus", "early_stop", "early_stopped", "stopped_early", "pruned"}
 
 
 def _stopped_early(branch: dict) -> bool:
@@ -264,30 +267,30 @@ def _stopped_early(branch: dict) -> bool:
 
 
 def deepconf_metrics(records: Sequence[dict]) -> dict | None:
-    """Traces stopped early and tokens saved, from what a DeepConf-like method writes: a branch whose
-    `extra.stopped_early` is true (or whose finish_reason is an early-stop reason), and a trace-level
-    `tokens_saved` (or `stopped_early` count). None when no record has any of these."""
+    """Traces stopped early, traces never launched and tokens saved, over the records that carry
+    DeepConf data: the trace's `deepconf` block (`stopped_early`, `skipped`, `tokens_saved`), or
+    failing that, branches whose finish_reason is an early-stop reason (or `extra.stopped_early`) and a
+    top-level `tokens_saved`. None when no record has any of these."""
     found = False
-    stopped, total, saved = 0, 0, 0
+    stopped = skipped = total = saved = 0
     for r in records:
         t = r.get("trace", {})
         branches = t.get("branches", []) or []
+        block = t.get("deepconf") if isinstance(t.get("deepconf"), dict) else None
         marks = [_stopped_early(b) for b in branches]
-        has = any(marks) or "tokens_saved" in t or "stopped_early" in t
-        has = has or any("stopped_early" in (b.get("extra") or {}) for b in branches)
-        if not has:
+        if block is None and not (any(marks) or "tokens_saved" in t or "stopped_early" in t):
             continue
         found = True
         total += len(branches)
-        n = sum(marks)
-        if not n and "stopped_early" in t:
-            n = _count(t["stopped_early"])
-        stopped += n
-        saved += int(t.get("tokens_saved", 0) or 0)
+        src = block if block is not None else t
+        stopped += _count(src["stopped_early"]) if "stopped_early" in src else sum(marks)
+        skipped += _count(src.get("skipped")) if "skipped" in src else sum(
+            b.get("finish_reason") == "skipped" for b in branches)
+        saved += int(src.get("tokens_saved", 0) or 0)
     if not found:
         return None
-    return {"stopped_early": stopped, "branches": total, "stopped_share": stopped / total if total else None,
-            "tokens_saved": saved}
+    return {"stopped_early": stopped, "skipped": skipped, "branches": total,
+            "stopped_share": stopped / total if total else None, "tokens_saved": saved}
 
 
 # ----------------------------------------------------------------------------- grouping

@@ -25,6 +25,7 @@ class EvalProgress:
         self.count: dict[str, int] = defaultdict(int)
         self.methods: list[str] = []
         self.tokens = 0  # generated in this session
+        self.solve_s = 0.0  # wall-clock seconds of this session's method runs (model loading aside)
         self.started = time.monotonic()
         self.current = ""
         self.live = ""
@@ -43,10 +44,16 @@ class EvalProgress:
         if self.tty:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.table import Column
 
-            self._bar = Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TextColumn("{task.description}"), console=Console(file=self.stream),
-                                 transient=False)
+            fixed = dict(no_wrap=True)
+            self._bar = Progress(
+                TextColumn("[bold]eval", table_column=Column(**fixed)),
+                BarColumn(bar_width=20, table_column=Column(**fixed)),
+                MofNCompleteColumn(table_column=Column(min_width=2 * len(str(total)) + 1, **fixed)),
+                TimeElapsedColumn(table_column=Column(min_width=7, **fixed)),
+                TextColumn("{task.description}", table_column=Column(ratio=1, overflow="ellipsis", **fixed)),
+                console=Console(file=self.stream), transient=False, expand=True)
             self._bar.start()
             self._task = self._bar.add_task(self.status(), total=max(total, 1))
         else:
@@ -70,11 +77,11 @@ class EvalProgress:
         return "acc " + " · ".join(parts)
 
     def rate(self) -> float:
-        elapsed = time.monotonic() - self.started
-        return self.tokens / elapsed if elapsed > 0 else 0.0
+        """Generated tokens per second of method runs in this session."""
+        return self.tokens / self.solve_s if self.solve_s > 0 else 0.0
 
     def status(self) -> str:
-        text = f"{self.accuracy()} | {self.rate():.1f} tok/s"
+        text = f"{self.rate():.1f} tok/s | {self.accuracy()}"
         if self.current:
             text += f" | {self.current}"
         if self.live:
@@ -115,7 +122,9 @@ class EvalProgress:
 
     def record(self, record: dict) -> None:
         self._count(record)
-        self.tokens += int(record.get("trace", {}).get("cost", {}).get("generated_tokens", 0) or 0)
+        cost = record.get("trace", {}).get("cost", {}) or {}
+        self.tokens += int(cost.get("generated_tokens", 0) or 0)
+        self.solve_s += float(cost.get("wall_s", 0.0) or 0.0)
         self._refresh()
 
     def advance(self) -> None:

@@ -106,13 +106,13 @@ def cpt_rows(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def deepconf_rows(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
     ds, md = _flags(summaries)
-    head = ["method", "setting", "traces stopped early", "tokens saved"]
+    head = ["method", "setting", "traces stopped early", "traces skipped", "tokens saved / q"]
     rows = []
     for s in summaries:
         d = s["deepconf"]
         if d:
-            rows.append([_name(s, ds, md), setting_label(s["setting"]),
-                         f"{d['stopped_early']}/{d['branches']}", str(d["tokens_saved"])])
+            rows.append([_name(s, ds, md), setting_label(s["setting"]), f"{d['stopped_early']}/{d['branches']}",
+                         f"{d['skipped']}/{d['branches']}", _num(d["tokens_saved"] / max(1, s["questions"]), ".0f")])
     return head, rows
 
 
@@ -157,7 +157,10 @@ def terminal_table(summaries: list[dict], console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # logs and pipes: wide enough that no column is cut
+            console = Console(width=200)
     head, rows = main_rows(summaries)
     table = Table(title="accuracy and cost per method and setting")
     for i, h in enumerate(head):
@@ -210,6 +213,7 @@ def _frontier(plt, summaries, out_dir, name, x_of, xlabel, title, logx=False) ->
             ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if logx:
         ax.set_xscale("log")
+    ax.margins(x=0.12)  # room for the setting labels at the ends
     ax.set_xlabel(xlabel)
     ax.set_ylabel("majority-vote accuracy (%)")
     ax.set_ylim(-3, 103)
@@ -259,6 +263,8 @@ def _mean_line(ax, series: dict, label: str, color=None):
 
 
 def _plot_cpt(plt, records, out_dir) -> list[str]:
+    from matplotlib.ticker import MaxNLocator
+
     data = _cpt_series(records)
     if not data:
         return []
@@ -285,33 +291,43 @@ def _plot_cpt(plt, records, out_dir) -> list[str]:
                     axes[2].annotate(f"{name}={tau}", (0, tau), fontsize=7, color=color,
                                      textcoords="offset points", xytext=(2, 2))
     axes[0].set_ylabel("pool size (entries)")
-    axes[0].set_title("CPT: pool growth, information gain and novelty per round (mean over questions)")
+    axes[0].set_ylim(bottom=0)
+    axes[0].set_title("CPT: pool growth, information gain and novelty per round (mean over questions)", fontsize=10)
     axes[1].set_ylabel("IG_t (new entries / token)")
-    axes[2].set_ylabel("D_t (novelty ratio)")
+    axes[2].set_ylabel("D_t (novelty ratio, late / early IG)")
     axes[2].set_xlabel("round")
+    if not any(g["d"] for g in data.values()):
+        axes[2].text(0.5, 0.5, "D_t not defined yet: runs too short for the schedule's window", ha="center",
+                     va="center", transform=axes[2].transAxes, fontsize=9, color="gray")
     for ax in axes:
         ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=7)
     _save(fig, out_dir, "cpt_rounds")
     plt.close(fig)
     written.append("cpt_rounds")
 
+    # written whenever there are CPT records, so the report always has it
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if not any(g["dup"] for g in data.values()):
+        ax.text(0.5, 0.5, "no notes were extracted in these runs", ha="center", va="center",
+                transform=ax.transAxes, fontsize=10, color="gray")
+    for label, g in sorted(data.items()):
+        if g["dup"]:
+            allv = [v for vs in g["dup"].values() for v in vs]
+            _mean_line(ax, {k: [100 * v for v in vs] for k, vs in g["dup"].items()},
+                       f"{label} (mean {100 * statistics.fmean(allv):.0f}%)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("duplicate-discovery rate (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_title("CPT: share of extracted notes already in the pool, per round")
+    ax.grid(True, alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if any(g["dup"] for g in data.values()):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for label, g in sorted(data.items()):
-            if g["dup"]:
-                allv = [v for vs in g["dup"].values() for v in vs]
-                _mean_line(ax, {k: [100 * v for v in vs] for k, vs in g["dup"].items()},
-                           f"{label} (mean {100 * statistics.fmean(allv):.0f}%)")
-        ax.set_xlabel("round")
-        ax.set_ylabel("duplicate-discovery rate (%)")
-        ax.set_ylim(-3, 103)
-        ax.set_title("CPT: share of extracted notes already in the pool, per round")
-        ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-        _save(fig, out_dir, "cpt_duplicate_rate")
-        plt.close(fig)
-        written.append("cpt_duplicate_rate")
+    _save(fig, out_dir, "cpt_duplicate_rate")
+    plt.close(fig)
+    written.append("cpt_duplicate_rate")
     return written
 
 

@@ -108,13 +108,13 @@ def run_eval(plan: EvalPlan, run_file: RunFile, engine_factory: Callable[[Method
     """
     settings = plan.settings()
     done = run_file.open()
+    engine: Engine | None = None
     try:
         units = [(q, s) for q in plan.dataset.questions for s in settings]
         pending = [(q, s, m) for q, s in units for m in plan.methods
                    if record_key(q.id, m, s) not in done]
         progress = progress or EvalProgress(enabled=False)
         progress.begin(total=len(units), methods=plan.methods, records=list(done.values()))
-        engine: Engine | None = None
         if pending:
             configs = [plan.config(m, s) for _, s, m in pending]
             largest = max(configs, key=lambda c: (c.context_tokens(), c.branches))
@@ -144,6 +144,8 @@ def run_eval(plan: EvalPlan, run_file: RunFile, engine_factory: Callable[[Method
         return sorted(done.values(), key=lambda r: order.get(r["key"], len(order)))
     finally:
         run_file.close()
+        if engine is not None and hasattr(engine, "close"):
+            engine.close()
 
 
 def header_info(plan: EvalPlan, extra: dict[str, Any] | None = None) -> dict:

@@ -76,7 +76,7 @@ class DeepConfConfig(MethodConfig):
     """
 
     mode: str = "online"  # "online" (warm-up, threshold, early stop) or "offline" (all traces, then vote)
-    variant: str = "high"  # "low": keep top 10% (s = 90th percentile); "high": keep top 90% (s = 10th)
+    variant: str = "high"  # "low": keep top 10% (s = 90th pct), "high": top 90% (s = 10th); also eta offline
     window: int = 128  # w: tokens per group (sliding, stride 1) and of the tail score
     logprobs: int = 20  # k: top-k logprobs per token behind the token confidence
     warmup: int = 16  # N_init: warm-up traces of online mode (capped at `branches`)
@@ -497,7 +497,7 @@ class DeepConfRun:
         full = cfg.branches * cfg.budget
         self.trace.extra = {"deepconf": {
             "mode": cfg.mode,
-            "variant": cfg.variant if online else None,
+            "variant": cfg.variant,  # online: the threshold percentile; both modes: the share kept (eta)
             "keep_percent": cfg.keep_percent,
             "percentile": 100 - cfg.keep_percent,
             "window": cfg.window,
