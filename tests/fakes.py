@@ -24,17 +24,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from collabthink.engines.base import Completion, EngineError, ProgressFn, Request
+from collabthink.engines.llamacpp import common_prefix
 from collabthink.sharing import NOTES_CLOSE, NOTES_OPEN
 
 Script = Callable[[Request, "FakeEngine"], str]
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 @dataclass
@@ -109,7 +102,7 @@ class FakeEngine:
     def _one(self, r: Request, before: dict[str, list[int]]) -> Completion:
         source = r.slot
         cached = before.get(source, []) if source is not None else []
-        reused = min(_common_prefix(cached, r.prompt), len(r.prompt) - 1)
+        reused = min(common_prefix(cached, r.prompt), len(r.prompt) - 1)
         text = self.script(r, self)
         limit = min(r.params.max_tokens, self.n_ctx - len(r.prompt))
         hits = [(text.find(s), s) for s in r.params.stop if s and text.find(s) >= 0]

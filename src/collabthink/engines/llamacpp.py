@@ -74,7 +74,7 @@ class _Run:
         return len(self.req.prompt) + len(self.generated) - 1
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -311,7 +311,7 @@ class LlamaCppEngine:
     def _prefill(self, runs: list[_Run]) -> None:
         """Bring every sequence's cache to its prompt, reusing the longest prefix available."""
         ll, mem = self._ll, self._mem
-        own = {id(run): _common_prefix(self._cached_tokens(run), run.req.prompt) for run in runs}
+        own = {id(run): common_prefix(self._cached_tokens(run), run.req.prompt) for run in runs}
         # Sources cached before this call: other idle slots.
         busy_seqs = {run.seq_id for run in runs}
         cached = [(s.seq_id, s.tokens) for s in self._slots.values() if s.seq_id not in busy_seqs]
@@ -320,11 +320,11 @@ class LlamaCppEngine:
         for run in runs:
             best_src, best = None, own[id(run)]
             for seq, toks in cached:
-                c = _common_prefix(toks, run.req.prompt)
+                c = common_prefix(toks, run.req.prompt)
                 if c >= best + _MIN_SHARED_PREFIX:
                     best_src, best = seq, c
             for other in first:
-                c = _common_prefix(other.req.prompt, run.req.prompt)
+                c = common_prefix(other.req.prompt, run.req.prompt)
                 if c >= best + _MIN_SHARED_PREFIX:
                     best_src, best = other.seq_id, c
             plans[id(run)] = (best_src, best)
