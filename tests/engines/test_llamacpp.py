@@ -22,8 +22,8 @@ def test_system_info_shows_the_cpu_features_in_use(engine):
 @pytest.fixture(scope="module")
 def exact_engine():
     """One KV stream per sequence and no flash attention: batching and caching change no arithmetic,
-    so greedy tokens must be identical. (The defaults — a unified KV buffer and flash attention, 10-20%
-    faster here — sum attention in another order, so a near-tie can flip after some tokens: a numerical,
+    so greedy tokens must be identical. (The defaults — a unified KV buffer and flash attention, chosen
+    for speed — sum attention in another order, so a near-tie can flip after some tokens: a numerical,
     not a logical, difference.)"""
     from collabthink.engines.llamacpp import LlamaCppEngine
 

@@ -34,8 +34,8 @@ class LlamaCppConfig:
     n_seq_max: int = 16  # sequences held at once: branches plus scratch sequences
     n_batch: int = 512  # prompt tokens per llama_decode during prefill
     n_threads: int | None = None  # None = every core
-    kv_unified: bool = True  # one KV buffer for all sequences: measured faster at every N here
-    flash_attn: bool | None = None  # None = llama.cpp decides (on for this CPU build: faster at N >= 8)
+    kv_unified: bool = True  # one KV buffer for all sequences: prefix copies are free, faster at N >= 8 here
+    flash_attn: bool | None = None  # None = llama.cpp decides (it turns it on for this CPU build)
 
     def __post_init__(self) -> None:
         for name in ("n_ctx", "n_seq_max", "n_batch"):
