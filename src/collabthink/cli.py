@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--quiet", action="store_true", help="no progress display")
     _add_eval_parser(sub)
     _add_report_parser(sub)
+    _add_view_parser(sub)
     return parser
 
 
@@ -146,6 +147,16 @@ def _add_report_parser(sub) -> None:
     rp.add_argument("runs", nargs="+", metavar="RUNFILE", help="run files written by `collabthink eval`")
     rp.add_argument("--out", default=None,
                     help="folder for report.md, summary.json and the plots (default: RUNFILE-report beside the first)")
+
+
+def _add_view_parser(sub) -> None:
+    vw = sub.add_parser("view", help="an HTML page of a trace or of a run file's questions (self-contained, offline)")
+    vw.add_argument("source", metavar="TRACE_OR_RUNFILE",
+                    help="a trace (`collabthink solve --json`) or a run file (`collabthink eval`)")
+    vw.add_argument("--question", default=None, metavar="ID",
+                    help="run files: only this question's page (default: an index page plus one page per question)")
+    vw.add_argument("--out", default=None,
+                    help="the page to write (default: the input with .html); question pages go beside it")
 
 
 def _method_options(args: argparse.Namespace) -> dict:
@@ -326,13 +337,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    from .viewer import write_view
+
+    written = write_view(args.source, args.out, question=args.question)
+    print(f"page: {written[0]}" + (f" (+ {len(written) - 1} question pages beside it)" if len(written) > 1 else ""))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .engines.base import EngineError
     from .engines.models import ModelNotFound
 
     try:
         args = build_parser().parse_args(argv)
-        return {"solve": _cmd_solve, "eval": _cmd_eval, "report": _cmd_report}[args.command](args)
+        return {"solve": _cmd_solve, "eval": _cmd_eval, "report": _cmd_report, "view": _cmd_view}[args.command](args)
     except (UsageError, ValueError, EngineError, ModelNotFound) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"collabthink: error: {message}", file=sys.stderr)

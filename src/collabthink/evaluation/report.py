@@ -22,7 +22,8 @@ from .runfile import read_run
 
 __all__ = ["load_records", "render_markdown", "terminal_table", "write_plots", "write_report", "VIEWER_PAGE"]
 
-# A trace viewer page (`collabthink view`, future work) is linked from the report when it exists here.
+# The trace viewer's index page (`collabthink view RUNFILE --out REPORT_DIR/viewer.html`) is linked from the
+# report when it exists here.
 VIEWER_PAGE = "viewer.html"
 
 PLOTS = ("accuracy_vs_latency", "accuracy_vs_tokens", "accuracy_vs_flops", "cpt_rounds", "cpt_duplicate_rate")
@@ -149,7 +150,8 @@ def render_markdown(summaries: list[dict], headers: list[dict], plots: list[str]
     if (out_dir / VIEWER_PAGE).exists():
         parts += [f"Traces: [{VIEWER_PAGE}]({VIEWER_PAGE})", ""]
     else:
-        parts += [f"<!-- traces viewer: {VIEWER_PAGE} (not generated yet) -->", ""]
+        parts += [f"<!-- traces viewer: `collabthink view RUNFILE --out {out_dir / VIEWER_PAGE}` writes {VIEWER_PAGE} "
+                  "here, then rerun the report to link it -->", ""]
     return "\n".join(parts)
 
 
