@@ -103,8 +103,16 @@ class Cost:
     def add_completions(self, completions) -> None:
         for c in completions:
             self.generated_tokens += c.n_tokens
+        self.add_prefill(completions)
+
+    def add_prefill(self, completions, round_record: dict | None = None) -> None:
+        """Prompt tokens computed vs reused, into the totals and, when given, a round's record."""
+        for c in completions:
             self.prefill_computed += c.prompt_computed
             self.prefill_reused += c.prompt_reused
+            if round_record is not None:
+                round_record["prefill_computed"] += c.prompt_computed
+                round_record["prefill_reused"] += c.prompt_reused
 
 
 @dataclass

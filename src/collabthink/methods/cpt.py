@@ -194,7 +194,7 @@ class CPTRun:
         completions = self.engine.generate(requests, progress=self._progress(r, phase, decoding)) if requests else []
         rec["decode_s"] = time.perf_counter() - t0
         cost.decode_s += rec["decode_s"]
-        self._account(rec, completions)
+        self.trace.cost.add_prefill(completions, rec)
         rec["tokens"] = {s.branch.index: c.n_tokens for s, c in zip(decoding, completions)}
         for s, c in zip(decoding, completions):
             self._absorb(s, c, r, last_round=phase == FINALIZE)
@@ -240,14 +240,6 @@ class CPTRun:
                            "pool": len(self.pool), "budget": self.config.budget})
 
         return report
-
-    def _account(self, rec: dict, completions: list[Completion]) -> None:
-        cost = self.trace.cost
-        for c in completions:
-            rec["prefill_computed"] += c.prompt_computed
-            rec["prefill_reused"] += c.prompt_reused
-            cost.prefill_computed += c.prompt_computed
-            cost.prefill_reused += c.prompt_reused
 
     def _absorb(self, s: _BranchState, c: Completion, r: int, last_round: bool) -> None:
         """Add a decoded chunk to a branch; cut at `</think>` so the answer is written next round."""
@@ -301,7 +293,7 @@ class CPTRun:
             rec["injected"] += injected
             cost.injected_tokens += injected
         completions = self.engine.generate(requests)
-        self._account(rec, completions)
+        self.trace.cost.add_prefill(completions, rec)
         found = []
         rec["extracted_by_branch"] = {}
         for s, c in zip(asked, completions):

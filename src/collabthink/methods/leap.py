@@ -34,7 +34,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..engines.base import Completion, Engine, Request
+from ..engines.base import Engine, Request
 from ..engines.chat import THINK_CLOSE, THINK_OPEN
 from ..prompts import chat_ids, question_messages
 from .base import Branch, MethodConfig, ProgressCallback, Result, Trace, config_dict, finish, model_info
@@ -272,14 +272,6 @@ class LeaPRun:
         self.trace.cost.injected_tokens += len(ids)
         p.segments.append({"kind": kind, "round": r, "text": self.engine.detokenize(ids), **info})
 
-    def account(self, rec: dict, completions: list[Completion]) -> None:
-        cost = self.trace.cost
-        for c in completions:
-            rec["prefill_computed"] += c.prompt_computed
-            rec["prefill_reused"] += c.prompt_reused
-            cost.prefill_computed += c.prompt_computed
-            cost.prefill_reused += c.prompt_reused
-
     def report(self, phase: str, r: int, decoding: list[_Path] | None = None):
         if self.progress is None:
             return None
@@ -343,7 +335,7 @@ class LeaPRun:
         completions = self.engine.generate(requests, progress=self.report(rec["phase"], r, decoding)) if requests else []
         rec["decode_s"] = time.perf_counter() - t0
         cost.decode_s += rec["decode_s"]
-        self.account(rec, completions)
+        self.trace.cost.add_prefill(completions, rec)
 
         exchange, chunks = [], {}
         for p, c in zip(decoding, completions):
@@ -432,7 +424,7 @@ class LeaPRun:
         completions = self.engine.generate(requests, progress=self.report("summary", r)) if requests else []
         rec["summary_s"] = time.perf_counter() - t0
         cost.extraction_s += rec["summary_s"]
-        self.account(rec, completions)
+        self.trace.cost.add_prefill(completions, rec)
 
         texts, units = [], []
         for p, ids, c in zip(asked, instructions, completions):
