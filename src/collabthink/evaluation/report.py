@@ -163,21 +163,18 @@ def terminal_table(summaries: list[dict], console=None) -> None:
         console = Console()
         if not console.is_terminal:  # logs and pipes: wide enough that no column is cut
             console = Console(width=200)
-    head, rows = main_rows(summaries)
-    table = Table(title="accuracy and cost per method and setting")
-    for i, h in enumerate(head):
-        table.add_column(h, justify="left" if i < 2 else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    def show(title: str, head: list[str], rows: list[list[str]]) -> None:
+        table = Table(title=title)
+        for i, h in enumerate(head):
+            table.add_column(h, justify="left" if i < 2 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+
+    show("accuracy and cost per method and setting", *main_rows(summaries))
     head, rows = cpt_rows(summaries)
     if rows:
-        t = Table(title="CPT")
-        for i, h in enumerate(head):
-            t.add_column(h, justify="left" if i < 2 else "right")
-        for row in rows:
-            t.add_row(*row)
-        console.print(t)
+        show("CPT", head, rows)
 
 
 # ----------------------------------------------------------------------------- plots
