@@ -23,7 +23,13 @@ TINY = ["--model", "smollm2-135m"]
         (["solve", "x", "--model", "/no/such/model.gguf"], "model file '/no/such/model.gguf' not found: pass --model PATH"),
         (["solve", "x", "--temperature", "-1"], "temperature must be >= 0"),
         (["solve", "   "], "the problem is empty"),
-        (["solve", "x", "--engine", "warp"], "unknown engine 'warp'"),
+        (["solve", "x", "--engine", "warp"], "unknown --engine 'warp'"),
+        (["solve", "x", "--engine", "openai"], "--engine openai needs --base-url"),
+        (["solve", "x", "--base-url", "http://127.0.0.1:1/v1"], "--base-url applies to --engine openai"),
+        (["solve", "x", "--engine", "openai", "--base-url", "http://h/v1", "--threads", "2"],
+         "--threads applies to --engine llama.cpp"),
+        (["solve", "x", "--engine", "vllm", "--api-key", "k"], "--api-key applies to --engine openai"),
+        (["solve", "x", "--engine", "vllm", "--gpu-memory-utilization", "0"], "--gpu-memory-utilization must be > 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):

@@ -16,22 +16,41 @@ def method_config(method: str, **options: Any) -> MethodConfig:
     return METHODS[method].config.from_options(**options)
 
 
+ENGINES = ("llama.cpp", "openai", "vllm")
+_ENGINE_ALIASES = {"llamacpp": "llama.cpp", "embedded": "llama.cpp", "server": "openai"}
+
+
 def make_engine(
     kind: str = "llama.cpp",
     model: str | os.PathLike | None = None,
     config: MethodConfig | None = None,
     **engine_options: Any,
 ) -> Engine:
-    """An engine sized for a method config: a context that holds prompt + budget, a sequence per
-    branch and one scratch sequence per branch (fresh extraction, summaries)."""
-    if kind in ("llama.cpp", "llamacpp", "embedded"):
+    """An engine of one kind, sized for a method config where the backend needs sizing.
+
+    llama.cpp: a context that holds prompt + budget, a sequence per branch and one scratch sequence per
+    branch (fresh extraction, summaries). openai: `base_urls` of running servers; `model` is the served
+    model's name. vllm: `model` is a Hugging Face directory or name; max_model_len fits prompt + budget.
+    """
+    kind = _ENGINE_ALIASES.get(kind, kind)
+    if kind == "llama.cpp":
         from .engines.llamacpp import LlamaCppEngine
 
         if config is not None:
             engine_options.setdefault("n_ctx", max(2048, config.context_tokens()))
             engine_options.setdefault("n_seq_max", max(2, 2 * config.branches))
         return LlamaCppEngine(model, **engine_options)
-    raise ValueError(f"unknown engine '{kind}': choose llama.cpp")
+    if kind == "openai":
+        from .engines.openai import OpenAIEngine
+
+        return OpenAIEngine(model=None if model is None else str(model), **engine_options)
+    if kind == "vllm":
+        from .engines.vllm import VLLMEngine
+
+        if config is not None:
+            engine_options.setdefault("max_model_len", max(2048, config.context_tokens()))
+        return VLLMEngine(model, **engine_options)
+    raise ValueError(f"unknown engine '{kind}': choose one of {', '.join(ENGINES)}")
 
 
 def solve(

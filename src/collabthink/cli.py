@@ -39,11 +39,81 @@ def _positive_int(name: str):
     return parse
 
 
-def _add_engine_args(p: argparse.ArgumentParser) -> None:
+def _positive_float(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got '{text}'") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+# Engine flags: (dest, flag, the engine they apply to, the engine option they set).
+_ENGINE_FLAGS = [
+    ("threads", "--threads", "llama.cpp", "n_threads"),
+    ("base_url", "--base-url", "openai", "base_urls"),
+    ("engine_api_key", None, "openai", "api_key"),  # flag: --api-key, or --upstream-api-key under `serve`
+    ("tokenizer", "--tokenizer", "openai", "tokenizer"),
+    ("max_in_flight", "--max-in-flight", "openai", "max_in_flight"),
+    ("request_timeout", "--request-timeout", "openai", "timeout_s"),
+    ("tensor_parallel_size", "--tensor-parallel-size", "vllm", "tensor_parallel_size"),
+    ("gpu_memory_utilization", "--gpu-memory-utilization", "vllm", "gpu_memory_utilization"),
+    ("max_model_len", "--max-model-len", "vllm", "max_model_len"),
+]
+
+
+def _add_engine_args(p: argparse.ArgumentParser, api_key_flag: str = "--api-key") -> None:
     g = p.add_argument_group("engine")
-    g.add_argument("--engine", default="llama.cpp", help="backend (default: llama.cpp, embedded)")
-    g.add_argument("--model", default=None, help="GGUF path or packaged model name (default: the packaged default)")
-    g.add_argument("--threads", type=_positive_int("--threads"), default=None, help="CPU threads (default: all)")
+    g.add_argument("--engine", default="llama.cpp",
+                   help="llama.cpp (embedded, default), openai (running OpenAI-compatible servers) or vllm (in-process)")
+    g.add_argument("--model", default=None,
+                   help="llama.cpp: GGUF path or packaged model name (default: the packaged default); "
+                        "openai: the served model's name (default: the server's first); vllm: HF directory or name")
+    g.add_argument("--threads", type=_positive_int("--threads"), default=None, help="llama.cpp: CPU threads (default: all)")
+    g.add_argument("--base-url", action="append", default=None, metavar="URL",
+                   help="openai: server URL, e.g. http://127.0.0.1:8080/v1; repeat for several servers "
+                        "(a question's branches stay on one, questions spread over all)")
+    g.add_argument(api_key_flag, dest="engine_api_key", default=None,
+                   help="openai: the servers' API key (default: $OPENAI_API_KEY, else none)")
+    g.add_argument("--tokenizer", default=None,
+                   help="openai: tokenizer of the served model: a GGUF path, packaged model name or HF tokenizer "
+                        "directory (default: the server's tokenize endpoints)")
+    g.add_argument("--max-in-flight", type=_positive_int("--max-in-flight"), default=None,
+                   help="openai: requests open at once per server")
+    g.add_argument("--request-timeout", type=_positive_float("--request-timeout"), default=None,
+                   help="openai: seconds one request may take")
+    g.add_argument("--tensor-parallel-size", type=_positive_int("--tensor-parallel-size"), default=None,
+                   help="vllm: GPUs one model is split over")
+    g.add_argument("--gpu-memory-utilization", type=_positive_float("--gpu-memory-utilization"), default=None,
+                   help="vllm: fraction of GPU memory vLLM may take")
+    g.add_argument("--max-model-len", type=_positive_int("--max-model-len"), default=None,
+                   help="vllm: context length (default: prompt + budget)")
+    p.set_defaults(engine_api_key_flag=api_key_flag)
+
+
+def _engine_options(args: argparse.Namespace) -> dict:
+    """The engine options given on the command line; a flag of another engine is an error."""
+    from .api import _ENGINE_ALIASES, ENGINES
+
+    kind = _ENGINE_ALIASES.get(args.engine, args.engine)
+    if kind not in ENGINES:
+        raise UsageError(f"unknown --engine '{args.engine}': choose one of {', '.join(ENGINES)}")
+    options = {}
+    for dest, flag, engine, option in _ENGINE_FLAGS:
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if engine != kind:
+            flag = flag or args.engine_api_key_flag
+            raise UsageError(f"{flag} applies to --engine {engine}, not --engine {args.engine}")
+        options[option] = tuple(value) if option == "base_urls" else value
+    if kind == "openai" and "base_urls" not in options:
+        raise UsageError("--engine openai needs --base-url URL of a running server (e.g. http://127.0.0.1:8080/v1)")
+    return options
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
@@ -240,8 +310,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     if not problem.strip():
         raise UsageError("the problem is empty: pass the problem text, or '-' to read it from stdin")
     config = method_config(args.method, **_method_options(args))
-    engine_options = {"n_threads": args.threads} if args.threads else {}
-    engine = make_engine(args.engine, model=args.model, config=config, **engine_options)
+    engine = make_engine(args.engine, model=args.model, config=config, **_engine_options(args))
     display = ProgressDisplay(enabled=not args.quiet and not args.json)
     try:
         result = solve(problem, method=args.method, engine=engine, reference=args.reference, progress=display,
@@ -307,9 +376,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"eval-{dataset.name}.jsonl"
     run_file = RunFile(out, run_config(plan), header_info(plan))
 
+    engine_options = _engine_options(args)
+
     def engine_factory(config, max_branches):
-        engine_options = {"n_threads": args.threads} if args.threads else {}
-        engine_options["n_seq_max"] = max(2, 2 * max_branches)
+        if "n_threads" in engine_options or args.engine in ("llama.cpp", "llamacpp", "embedded"):
+            engine_options["n_seq_max"] = max(2, 2 * max_branches)
         return make_engine(args.engine, model=args.model, config=config, **engine_options)
 
     progress = EvalProgress(enabled=not args.quiet)
