@@ -207,6 +207,8 @@ def _add_eval_parser(sub) -> None:
             action.help = "one method (same as --methods NAME)"
     ev.set_defaults(method=None)
     _add_engine_args(ev)
+    ev.add_argument("--concurrency", type=_positive_int("--concurrency"), default=None,
+                    help="questions solved at once (default: one per --base-url server, else 1)")
     ev.add_argument("-o", "--out", default=None,
                     help="run file (default: runs/eval-DATASET.jsonl); rerunning the same command resumes it")
     ev.add_argument("--quiet", action="store_true", help="no progress display")
@@ -385,7 +387,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     progress = EvalProgress(enabled=not args.quiet)
     try:
-        records = run_eval(plan, run_file, engine_factory, progress)
+        concurrency = args.concurrency or len(engine_options.get("base_urls", ())) or 1
+        records = run_eval(plan, run_file, engine_factory, progress, concurrency=concurrency)
     finally:
         progress.close()
     terminal_table(summarize_all(records))

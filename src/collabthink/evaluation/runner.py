@@ -101,7 +101,7 @@ def make_record(question: Question, method: str, setting: dict, dataset: str, re
 
 
 def run_eval(plan: EvalPlan, run_file: RunFile, engine_factory: Callable[[MethodConfig, int], Engine],
-             progress: EvalProgress | None = None) -> list[dict]:
+             progress: EvalProgress | None = None, concurrency: int = 1) -> list[dict]:
     """Run what the run file does not hold yet; return every record of the run (old and new).
 
     `engine_factory(largest_config, max_branches)` is called once, when the first pending unit starts.
