@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import itertools
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -105,10 +107,15 @@ def run_eval(plan: EvalPlan, run_file: RunFile, engine_factory: Callable[[Method
     """Run what the run file does not hold yet; return every record of the run (old and new).
 
     `engine_factory(largest_config, max_branches)` is called once, when the first pending unit starts.
+    With `concurrency` > 1, that many questions run at once, each on its own `engine.session()` (an
+    engine view pinned to one server, so a question's branches share that server's prefix cache); only
+    engines that offer sessions (the OpenAI server engine) can do that. Records are appended as each
+    question ends, whatever the order, so an interrupted run loses only questions in flight.
     """
     settings = plan.settings()
     done = run_file.open()
     engine: Engine | None = None
+    lock = threading.Lock()  # the run file, `done` and the progress display are shared by the workers
     try:
         units = [(q, s) for q in plan.dataset.questions for s in settings]
         pending = [(q, s, m) for q, s in units for m in plan.methods
@@ -119,25 +126,51 @@ def run_eval(plan: EvalPlan, run_file: RunFile, engine_factory: Callable[[Method
             configs = [plan.config(m, s) for _, s, m in pending]
             largest = max(configs, key=lambda c: (c.context_tokens(), c.branches))
             engine = engine_factory(largest, max(c.branches for c in configs))
-        for q, s in units:
+            if concurrency > 1 and not hasattr(engine, "session"):
+                raise ValueError(f"concurrency {concurrency} needs an engine that serves several questions at once "
+                                 f"(--engine openai); the {getattr(engine, 'name', 'engine')} engine runs one: use 1")
+
+        def run_unit(q: Question, s: dict) -> None:
             keys = {m: record_key(q.id, m, s) for m in plan.methods}
-            if all(k in done for k in keys.values()):
-                progress.skip()
-                continue
-            progress.start(q, s)
-            for m in plan.methods:
-                if keys[m] in done:
-                    continue
-                options = {**plan.method_options.get(m, {}), **s}
-                t0 = time.perf_counter()
-                progress.method(m)
-                result = solve(q.problem, method=m, engine=engine, reference=q.answer,
-                               progress=progress.event, **options)
-                record = make_record(q, m, s, plan.dataset.name, result, time.perf_counter() - t0)
-                run_file.append(record)
-                done[record["key"]] = record
-                progress.record(record)
-            progress.advance()
+            with lock:
+                if all(k in done for k in keys.values()):
+                    progress.skip()
+                    return
+                progress.start(q, s)
+            unit_engine = engine.session() if concurrency > 1 else engine
+            try:
+                for m in plan.methods:
+                    if keys[m] in done:
+                        continue
+                    options = {**plan.method_options.get(m, {}), **s}
+                    t0 = time.perf_counter()
+                    with lock:
+                        progress.method(m)
+                    result = solve(q.problem, method=m, engine=unit_engine, reference=q.answer,
+                                   progress=progress.event, **options)
+                    record = make_record(q, m, s, plan.dataset.name, result, time.perf_counter() - t0)
+                    with lock:
+                        run_file.append(record)
+                        done[record["key"]] = record
+                        progress.record(record)
+            finally:
+                if unit_engine is not engine and hasattr(unit_engine, "close"):
+                    unit_engine.close()
+            with lock:
+                progress.advance()
+
+        if concurrency > 1 and len(units) > 1:
+            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="question") as pool:
+                futures = [pool.submit(run_unit, q, s) for q, s in units]
+                try:
+                    for f in futures:
+                        f.result()  # the first failure ends the run; finished questions are already saved
+                finally:
+                    for f in futures:
+                        f.cancel()
+        else:
+            for q, s in units:
+                run_unit(q, s)
         progress.close()
         order = {record_key(q.id, m, s): i for i, (q, s, m) in
                  enumerate((q, s, m) for q, s in units for m in plan.methods)}
