@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(sub)
     _add_report_parser(sub)
     _add_view_parser(sub)
+    _add_serve_parser(sub)
     return parser
 
 
@@ -229,6 +230,33 @@ def _add_view_parser(sub) -> None:
                     help="run files: only this question's page (default: an index page plus one page per question)")
     vw.add_argument("--out", default=None,
                     help="the page to write (default: the input with .html); question pages go beside it")
+
+
+def _add_serve_parser(sub) -> None:
+    """`serve` flags default to None so that ServerConfig keeps the only copy of the defaults (the server
+    logs the settings in effect when it starts)."""
+    sv = sub.add_parser("serve", help="an OpenAI-compatible endpoint (POST /v1/chat/completions) answering by vote")
+    g = sv.add_argument_group("server")
+    g.add_argument("--host", default=None, help="address to listen on (default: loopback only)")
+    g.add_argument("--port", type=int, default=None, help="port to listen on")
+    g.add_argument("--api-key", dest="server_api_key", default=None,
+                   help="key clients must send as 'Authorization: Bearer KEY' (default: $COLLABTHINK_API_KEY, "
+                        "else no key)")
+    g.add_argument("--max-concurrent-runs", type=_positive_int("--max-concurrent-runs"), default=None,
+                   help="questions run at once (more than 1 only with an engine that has sessions: --engine openai)")
+    g.add_argument("--max-queue", type=int, default=None, help="questions waiting beyond those running; then 429")
+    g.add_argument("--run-timeout", type=_positive_float("--run-timeout"), default=None,
+                   help="seconds one chat completion may take, queue wait included; then 504 and the run stops")
+    g.add_argument("--max-body-bytes", type=_positive_int("--max-body-bytes"), default=None,
+                   help="largest request body; then 413")
+    g.add_argument("--max-branches", type=_positive_int("--max-branches"), default=None,
+                   help="most branches one request may ask for; sizes the embedded engine")
+    g.add_argument("--max-budget", type=_positive_int("--max-budget"), default=None,
+                   help="most tokens per branch one request may ask for; sizes the embedded engine")
+    g.add_argument("--default-method", default=None,
+                   help=f"method of the model name 'collabthink': one of {', '.join(METHODS)}")
+    g.add_argument("--log-level", default="info", help="debug, info (one JSON line per request and run), warning")
+    _add_engine_args(sv, api_key_flag="--upstream-api-key")
 
 
 def _method_options(args: argparse.Namespace) -> dict:
@@ -419,13 +447,44 @@ def _cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from .api import make_engine, method_config
+
+    try:
+        from .server import ServerConfig, serve
+    except ImportError as e:
+        raise UsageError(f"collabthink serve needs fastapi and uvicorn ({e}): pip install 'collabthink[serve]'") from None
+
+    given = {"host": args.host, "port": args.port, "api_key": args.server_api_key or os.environ.get("COLLABTHINK_API_KEY"),
+             "max_concurrent_runs": args.max_concurrent_runs, "max_queue": args.max_queue,
+             "request_timeout_s": args.run_timeout, "max_body_bytes": args.max_body_bytes,
+             "max_branches": args.max_branches, "max_budget": args.max_budget, "default_method": args.default_method}
+    settings = ServerConfig(**{k: v for k, v in given.items() if v is not None})
+    level = getattr(logging, str(args.log_level).upper(), None)
+    if not isinstance(level, int):
+        raise UsageError(f"unknown --log-level '{args.log_level}': use debug, info or warning")
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    # The engine is sized for the largest request allowed, and loaded before listening: a bad model is
+    # one line and exit 2, not a server that fails every request.
+    sizing = method_config(settings.default_method, branches=settings.max_branches, budget=settings.max_budget)
+    engine = make_engine(args.engine, model=args.model, config=sizing, **_engine_options(args))
+    print(f"collabthink: serving {getattr(engine, 'name', args.engine)} on http://{settings.host}:{settings.port}/v1 "
+          f"(POST /v1/chat/completions, GET /v1/models, GET /health)", file=sys.stderr, flush=True)
+    serve(engine, settings)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .engines.base import EngineError
     from .engines.models import ModelNotFound
 
     try:
         args = build_parser().parse_args(argv)
-        return {"solve": _cmd_solve, "eval": _cmd_eval, "report": _cmd_report, "view": _cmd_view}[args.command](args)
+        return {"solve": _cmd_solve, "eval": _cmd_eval, "report": _cmd_report, "view": _cmd_view,
+                "serve": _cmd_serve}[args.command](args)
     except (UsageError, ValueError, EngineError, ModelNotFound) as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"collabthink: error: {message}", file=sys.stderr)
