@@ -30,6 +30,7 @@ TINY = ["--model", "smollm2-135m"]
          "--threads applies to --engine llama.cpp"),
         (["solve", "x", "--engine", "vllm", "--api-key", "k"], "--api-key applies to --engine openai"),
         (["solve", "x", "--engine", "vllm", "--gpu-memory-utilization", "0"], "--gpu-memory-utilization must be > 0"),
+        (["solve", "x", "--enforce-eager"], "--enforce-eager applies to --engine vllm"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):

@@ -8,10 +8,8 @@ processes and run 10-20x slower.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -21,34 +19,6 @@ from collabthink.server import ServerConfig, create_app
 
 KEY = "test-key"
 BRIEF = "Be extremely brief: one short sentence, then the answer in \\boxed{}."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running_server(engine, **settings):
-    import uvicorn
-
-    config = ServerConfig(port=_free_port(), **settings)
-    app = create_app(engine, config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=config.port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "the server did not stop"
 
 
 class Endless:
@@ -97,9 +67,9 @@ def wait_idle(base: str, engine, timeout: float = 10.0) -> float:
 
 # ------------------------------------------------------------------------------ the default model, openai client
 @pytest.fixture(scope="module")
-def default_server():
+def default_server(serve_on_loopback):
     engine = LlamaCppEngine("qwen2.5-1.5b", n_ctx=1024, n_seq_max=4, n_threads=1)
-    with running_server(engine, api_key=KEY, max_branches=2, max_budget=128) as base:
+    with serve_on_loopback(engine, api_key=KEY, max_branches=2, max_budget=128) as base:
         yield base, engine
     engine.close()
 
@@ -160,8 +130,8 @@ def test_streaming_sends_progress_comments_and_done(default_server):
 
 # ------------------------------------------------------------------------------ bad requests on the tiny model
 @pytest.fixture(scope="module")
-def tiny_server(tiny):
-    with running_server(tiny, api_key=KEY, max_branches=4, max_budget=64, max_body_bytes=4096) as base:
+def tiny_server(serve_on_loopback, tiny):
+    with serve_on_loopback(tiny, api_key=KEY, max_branches=4, max_budget=64, max_body_bytes=4096) as base:
         yield base
 
 
@@ -223,8 +193,8 @@ def test_conversation_and_sampling_fields_reach_the_method(tiny_server):
 
 
 # ------------------------------------------------------------------------------ queue, timeout, disconnect
-def test_full_queue_gets_429_and_a_slow_run_504_then_the_engine_is_free(tiny):
-    with running_server(Endless(tiny), max_queue=0, request_timeout_s=1.5) as base:
+def test_full_queue_gets_429_and_a_slow_run_504_then_the_engine_is_free(serve_on_loopback, tiny):
+    with serve_on_loopback(Endless(tiny), max_queue=0, request_timeout_s=1.5) as base:
         first = {}
         t = threading.Thread(target=lambda: first.update(r=httpx.post(base + "/v1/chat/completions", timeout=30,
                                                                       json=chat(max_tokens=400))))
@@ -249,9 +219,9 @@ def run_ends(caplog) -> list[dict]:
     return [r for r in records if r["event"] == "run_end"]
 
 
-def test_client_disconnect_cancels_the_run(tiny, caplog):
+def test_client_disconnect_cancels_the_run(serve_on_loopback, tiny, caplog):
     caplog.set_level("INFO", logger="collabthink.server")
-    with running_server(Endless(tiny), request_timeout_s=60) as base:
+    with serve_on_loopback(Endless(tiny), request_timeout_s=60) as base:
         # Each run would take over 6 s: 400 paced steps.
         # Streaming: read the first progress comment, then hang up.
         with httpx.stream("POST", base + "/v1/chat/completions", json=chat(max_tokens=400, stream=True), timeout=30) as r:
@@ -274,7 +244,7 @@ def test_several_concurrent_runs_need_an_engine_with_sessions(tiny):
         create_app(tiny, ServerConfig(max_concurrent_runs=2))
 
 
-def test_an_engine_with_sessions_runs_requests_concurrently_one_session_each():
+def test_an_engine_with_sessions_runs_requests_concurrently_one_session_each(serve_on_loopback):
     from concurrent.futures import ThreadPoolExecutor
 
     from fakes import FakeEngine
@@ -300,7 +270,7 @@ def test_an_engine_with_sessions_runs_requests_concurrently_one_session_each():
             return self.sessions[-1]
 
     engine = Sessions()
-    with running_server(engine, max_concurrent_runs=2, max_queue=0) as base:
+    with serve_on_loopback(engine, max_concurrent_runs=2, max_queue=0) as base:
         with ThreadPoolExecutor(2) as pool:
             replies = list(pool.map(lambda _: httpx.post(base + "/v1/chat/completions", timeout=20,
                                                          json=chat("parallel-1")), range(2)))

@@ -63,6 +63,10 @@ _ENGINE_FLAGS = [
     ("tensor_parallel_size", "--tensor-parallel-size", "vllm", "tensor_parallel_size"),
     ("gpu_memory_utilization", "--gpu-memory-utilization", "vllm", "gpu_memory_utilization"),
     ("max_model_len", "--max-model-len", "vllm", "max_model_len"),
+    ("dtype", "--dtype", "vllm", "dtype"),
+    ("kv_cache_memory_bytes", "--kv-cache-memory-bytes", "vllm", "kv_cache_memory_bytes"),
+    ("block_size", "--block-size", "vllm", "block_size"),
+    ("enforce_eager", "--enforce-eager", "vllm", "enforce_eager"),
 ]
 
 
@@ -92,6 +96,13 @@ def _add_engine_args(p: argparse.ArgumentParser, api_key_flag: str = "--api-key"
                    help="vllm: fraction of GPU memory vLLM may take")
     g.add_argument("--max-model-len", type=_positive_int("--max-model-len"), default=None,
                    help="vllm: context length (default: prompt + budget)")
+    g.add_argument("--dtype", default=None, help="vllm: weight dtype (auto; on the CPU use float32)")
+    g.add_argument("--kv-cache-memory-bytes", type=_positive_int("--kv-cache-memory-bytes"), default=None,
+                   help="vllm: KV cache size (on the CPU set it: vLLM otherwise reserves most of the RAM)")
+    g.add_argument("--block-size", type=_positive_int("--block-size"), default=None,
+                   help="vllm: KV block in tokens, the prefix-cache granularity")
+    g.add_argument("--enforce-eager", action="store_const", const=True, default=None,
+                   help="vllm: no graph capture/compilation (much faster start, slower decode)")
     p.set_defaults(engine_api_key_flag=api_key_flag)
 
 
@@ -456,7 +467,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         from .server import ServerConfig, serve
     except ImportError as e:
-        raise UsageError(f"collabthink serve needs fastapi and uvicorn ({e}): pip install 'collabthink[serve]'") from None
+        raise UsageError(f"collabthink serve needs fastapi and uvicorn ({e}): pip install fastapi uvicorn") from None
 
     given = {"host": args.host, "port": args.port, "api_key": args.server_api_key or os.environ.get("COLLABTHINK_API_KEY"),
              "max_concurrent_runs": args.max_concurrent_runs, "max_queue": args.max_queue,

@@ -23,7 +23,7 @@ def _server(model: str) -> LlamaServer:
 
 @pytest.fixture(scope="module")
 def servers():
-    """Two servers of the test model (affinity, failover)."""
+    """Two servers of the test model, shared by the tests that kill neither."""
     started = []
     try:
         started = [_server("smollm2-135m"), _server("smollm2-135m")]
@@ -89,10 +89,18 @@ def test_semantics_match_the_embedded_engine(servers, tiny_engine):
         assert engine.model_info["reports_cached"] is True
 
 
-def test_affinity_and_failover_across_two_servers(servers):
+def test_affinity_and_failover_across_two_servers():
+    a, b = _server("smollm2-135m"), _server("smollm2-135m")  # its own pair: one gets killed
+    try:
+        _affinity_and_failover(a, b)
+    finally:
+        a.kill()
+        b.kill()
+
+
+def _affinity_and_failover(a, b):
     from collabthink.engines.openai import OpenAIEngine
 
-    a, b = servers
     with OpenAIEngine(base_urls=(a.url, b.url), retries=1, backoff_s=0.05) as engine:
         s1, s2 = engine.session(), engine.session()
         assert {s1.url, s2.url} == {a.root, b.root}  # questions spread over the servers
@@ -150,3 +158,33 @@ def test_eval_spreads_questions_and_survives_a_server_killed_mid_run(tmp_path):
     finally:
         a.kill()
         b.kill()
+
+
+def test_serve_over_two_upstream_servers_answers_concurrent_clients(servers, serve_on_loopback):
+    """`collabthink serve --engine openai` with two upstream servers: concurrent chat completions, each run
+    on its own session, spread over both servers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI
+
+    from collabthink.engines.openai import OpenAIEngine
+
+    engine = OpenAIEngine(base_urls=tuple(s.url for s in servers))
+    before = {e["url"]: e["requests"] for e in engine.endpoints}
+    with serve_on_loopback(engine, max_concurrent_runs=2, max_queue=2, max_branches=2, max_budget=64) as base:
+        client = OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=120)
+
+        def ask(i):
+            return client.chat.completions.create(model="cpt-2", max_tokens=32,
+                                                  messages=[{"role": "user", "content": f"What is {i} + {i}?"}],
+                                                  extra_body={"collabthink": {"chunk_tokens": 16, "embeddings": False}})
+
+        with ThreadPoolExecutor(2) as pool:
+            replies = list(pool.map(ask, range(2)))
+    for r in replies:
+        assert r.usage.completion_tokens > 0 and r.model_extra["collabthink"]["method"] == "cpt"
+        assert len(r.model_extra["collabthink"]["branches"]) == 2
+    after = {e["url"]: e["requests"] for e in engine.endpoints}
+    assert all(after[u] > before[u] for u in after), (before, after)  # both upstream servers served a question
+    assert all(e["sessions"] == 0 for e in engine.endpoints)  # every run's session was closed
+    engine.close()
