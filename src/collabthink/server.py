@@ -364,6 +364,7 @@ class Job:
             if not self.future.done():
                 if error is not None:
                     self.future.set_exception(error)
+                    self.future.exception()  # retrieved: a disconnected client leaves nobody to await it
                 else:
                     self.future.set_result(result)
             self.events.put_nowait(("done", None))
