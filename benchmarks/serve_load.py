@@ -7,6 +7,7 @@ end whatever happens.
 
     python benchmarks/serve_load.py                      # 32 requests, tiny model, parallel-2, 32 tokens
     python benchmarks/serve_load.py --model qwen2.5-1.5b --method cpt --branches 2 --budget 96
+    python benchmarks/serve_load.py --upstream 2 --max-concurrent-runs 4   # serve over 2 llama-servers
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,11 +23,7 @@ import time
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from collabthink.engines.llama_server import LlamaServer, free_port
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -79,6 +75,9 @@ def main() -> int:
     p.add_argument("--run-timeout", type=float, default=60.0, help="the server's per-request timeout")
     p.add_argument("--request-timeout", type=float, default=120.0, help="the client's per-request timeout")
     p.add_argument("--time-limit", type=float, default=180.0, help="seconds for the whole load")
+    p.add_argument("--upstream", type=int, default=0,
+                   help="serve over this many llama-servers (--engine openai) instead of the embedded engine")
+    p.add_argument("--max-concurrent-runs", type=int, default=1, help="runs at once (> 1 needs --upstream)")
     args = p.parse_args()
     if not 1 <= args.requests <= 256:
         p.error("--requests must be in 1..256")
@@ -86,9 +85,15 @@ def main() -> int:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "collabthink.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--model", args.model, "--threads", str(args.threads), "--max-branches", str(args.branches),
-           "--max-budget", str(args.budget), "--max-queue", str(args.max_queue), "--run-timeout", str(args.run_timeout),
+           "--max-branches", str(args.branches), "--max-budget", str(args.budget), "--max-queue", str(args.max_queue),
+           "--run-timeout", str(args.run_timeout), "--max-concurrent-runs", str(args.max_concurrent_runs),
            "--log-level", "warning"]
+    upstream = [LlamaServer(args.model, parallel=2 * args.branches, ctx_per_slot=1024, threads=args.threads).start()
+                for _ in range(args.upstream)]
+    if upstream:
+        cmd += ["--engine", "openai", *[a for u in upstream for a in ("--base-url", u.url)]]
+    else:
+        cmd += ["--model", args.model, "--threads", str(args.threads)]
     env = {k: v for k, v in os.environ.items() if k != "COLLABTHINK_API_KEY"}
     server = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -118,12 +123,15 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        for u in upstream:
+            u.stop()
 
     by = {k: [r for r in results if r[0] == k] for k in ("completed", "rejected", "failed")}
     ok = [dt for _, dt, _ in by["completed"]]
     rejected = [dt for _, dt, _ in by["rejected"]]
     print(f"serve load: {args.requests} concurrent requests, model {args.model}, {args.method}-{args.branches}, "
-          f"max_tokens {args.budget}, queue {args.max_queue}, 1 run at a time")
+          f"max_tokens {args.budget}, queue {args.max_queue}, {args.max_concurrent_runs} run(s) at a time, "
+          + (f"engine openai over {args.upstream} llama-server(s)" if upstream else "embedded engine"))
     print(f"completed {len(by['completed'])} / rejected (429) {len(by['rejected'])} / failed {len(by['failed'])} "
           f"in {wall:.1f} s")
     print(f"completed latency: p50 {percentile(ok, 0.5):.2f} s, p95 {percentile(ok, 0.95):.2f} s, "
