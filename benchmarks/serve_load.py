@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time

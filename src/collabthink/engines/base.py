@@ -78,6 +78,20 @@ class Completion:
         return len(self.token_ids)
 
 
+def check_requests(requests: Sequence[Request], n_ctx: int, fix: str) -> None:
+    """What no engine can run: two requests on one slot, an empty prompt, a prompt that fills the
+    context (`fix` says how to get a longer one)."""
+    slots = [r.slot for r in requests if r.slot is not None]
+    if len(set(slots)) != len(slots):
+        raise EngineError("two requests in one call name the same slot")
+    for r in requests:
+        if not r.prompt:
+            raise EngineError("empty prompt: a request needs at least one prompt token")
+        if len(r.prompt) >= n_ctx:
+            raise EngineError(f"prompt of {len(r.prompt)} tokens does not fit the context window of {n_ctx} "
+                              f"tokens: shorten the prompt or {fix}")
+
+
 # Called during generation with the number of tokens generated so far for each request of the call.
 ProgressFn = Callable[[Sequence[int]], None]
 

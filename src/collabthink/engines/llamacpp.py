@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import Completion, EngineError, ProgressFn, Request, SamplingParams
+from .base import Completion, EngineError, ProgressFn, Request, SamplingParams, check_requests
 from .chat import CHATML_TEMPLATE, ChatTemplate
 from .models import resolve_model
 
@@ -92,6 +92,62 @@ def _silence_llama_logs(llama_cpp) -> None:
         llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 
 
+class GGUFVocab:
+    """A llama.cpp model's vocabulary, metadata and chat template: what the embedded engine and the
+    server engine's local GGUF tokenizer share, so both give the same ids and the same chat text."""
+
+    def __init__(self, ll, model):
+        self._ll, self._model = ll, model
+        self.vocab = ll.llama_model_get_vocab(model)
+        self.n_vocab = ll.llama_vocab_n_tokens(self.vocab)
+        self._pieces: dict[int, bytes] = {}
+        self.chat_template = ChatTemplate(
+            self.meta("tokenizer.chat_template") or CHATML_TEMPLATE,
+            bos_token=self.token_text(ll.llama_vocab_bos(self.vocab)),
+            eos_token=self.token_text(ll.llama_vocab_eos(self.vocab)),
+        )
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = self._ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            self._ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def piece(self, token: int, special: bool = True) -> bytes:
+        key = token if special else -1 - token
+        piece = self._pieces.get(key)
+        if piece is None:
+            buf = ctypes.create_string_buffer(256)
+            n = self._ll.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+            piece = buf.raw[: max(n, 0)]
+            self._pieces[key] = piece
+        return piece
+
+    def token_text(self, token: int) -> str:
+        return self.piece(token).decode("utf-8", errors="replace") if token >= 0 else ""
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (self._ll.llama_token * cap)()
+        n = self._ll.llama_tokenize(self.vocab, data, len(data), buf, cap, False, special)
+        if n < 0:
+            cap = -n
+            buf = (self._ll.llama_token * cap)()
+            n = self._ll.llama_tokenize(self.vocab, data, len(data), buf, cap, False, special)
+        return list(buf[:n])
+
+    def detokenize(self, ids: Sequence[int], special: bool = True) -> str:
+        return b"".join(self.piece(int(t), special) for t in ids).decode("utf-8", errors="replace")
+
+    def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+
+
 class LlamaCppEngine:
     """The Engine protocol on an in-process llama.cpp model."""
 
@@ -116,8 +172,8 @@ class LlamaCppEngine:
         self._model = ll.llama_model_load_from_file(str(self.model_path).encode(), mparams)
         if not self._model:
             raise EngineError(f"llama.cpp could not load model file '{self.model_path}': pass --model PATH to a valid .gguf")
-        self._vocab = ll.llama_model_get_vocab(self._model)
-        self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
+        self.text = GGUFVocab(ll, self._model)
+        self._vocab, self.n_vocab, self.chat_template = self.text.vocab, self.text.n_vocab, self.text.chat_template
 
         cfg = self.config
         n_train = ll.llama_model_n_ctx_train(self._model)
@@ -143,17 +199,11 @@ class LlamaCppEngine:
         self._batch = ll.llama_batch_init(max(cfg.n_batch, cfg.n_seq_max), 0, 1)
         self._slots: dict[str, _Slot] = {}
         self._free_seqs = list(range(cfg.n_seq_max))
-        self._pieces: dict[int, bytes] = {}
         self.system_info = ll.llama_print_system_info().decode(errors="replace")
-        self.chat_template = ChatTemplate(
-            self._meta("tokenizer.chat_template") or CHATML_TEMPLATE,
-            bos_token=self._token_text(ll.llama_vocab_bos(self._vocab)),
-            eos_token=self._token_text(ll.llama_vocab_eos(self._vocab)),
-        )
         self.model_info = {
             "path": str(self.model_path),
-            "name": self._meta("general.name") or self.model_path.stem,
-            "architecture": self._meta("general.architecture"),
+            "name": self.text.meta("general.name") or self.model_path.stem,
+            "architecture": self.text.meta("general.architecture"),
             "n_params": ll.llama_model_n_params(self._model),
             "n_layer": ll.llama_model_n_layer(self._model),
             "n_embd": ll.llama_model_n_embd(self._model),
@@ -164,45 +214,14 @@ class LlamaCppEngine:
         }
 
     # ----------------------------------------------------------------- text <-> tokens
-    def _meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(1 << 16)
-        n = self._ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
-        if n < 0:
-            return None
-        if n >= len(buf):
-            buf = ctypes.create_string_buffer(n + 1)
-            self._ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", errors="replace")
-
-    def _piece(self, token: int, special: bool = True) -> bytes:
-        key = token if special else -1 - token
-        piece = self._pieces.get(key)
-        if piece is None:
-            buf = ctypes.create_string_buffer(256)
-            n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
-            piece = buf.raw[: max(n, 0)]
-            self._pieces[key] = piece
-        return piece
-
-    def _token_text(self, token: int) -> str:
-        return self._piece(token).decode("utf-8", errors="replace") if token >= 0 else ""
-
     def tokenize(self, text: str, special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 16
-        buf = (self._ll.llama_token * cap)()
-        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, cap, False, special)
-        if n < 0:
-            cap = -n
-            buf = (self._ll.llama_token * cap)()
-            n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, cap, False, special)
-        return list(buf[:n])
+        return self.text.tokenize(text, special)
 
     def detokenize(self, ids: Sequence[int], special: bool = True) -> str:
-        return b"".join(self._piece(int(t), special) for t in ids).decode("utf-8", errors="replace")
+        return self.text.detokenize(ids, special)
 
     def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
+        return self.text.render_chat(messages, add_generation_prompt)
 
     # ----------------------------------------------------------------- cache slots
     def release(self, slot: str) -> None:
@@ -259,22 +278,12 @@ class LlamaCppEngine:
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[Completion]:
         if not requests:
             return []
-        slots = [r.slot for r in requests if r.slot is not None]
-        if len(set(slots)) != len(slots):
-            raise EngineError("two requests in one call name the same slot")
-        for r in requests:
-            if not r.prompt:
-                raise EngineError("empty prompt: a request needs at least one prompt token")
-            if len(r.prompt) >= self.n_ctx:
-                raise EngineError(
-                    f"prompt of {len(r.prompt)} tokens does not fit the context window of {self.n_ctx} "
-                    "tokens: shorten the prompt or raise n_ctx"
-                )
+        check_requests(requests, self.n_ctx, "raise n_ctx")
         if len(requests) > self.config.n_seq_max:
             raise EngineError(
                 f"{len(requests)} requests in one call but n_seq_max={self.config.n_seq_max}: raise n_seq_max"
             )
-        runs = self._assign(requests, set(slots))
+        runs = self._assign(requests, {r.slot for r in requests if r.slot is not None})
         try:
             self._prefill(runs)
             self._decode_loop(runs, progress)
@@ -383,7 +392,7 @@ class LlamaCppEngine:
         run.generated.append(token)
         if params.stop:
             before = len(run.text)
-            run.text_bytes += self._piece(token, special=False)
+            run.text_bytes += self.text.piece(token, special=False)
             run.text = run.text_bytes.decode("utf-8", errors="ignore")
             window = max(0, before - max(len(s) for s in params.stop))
             hits = [(run.text.find(s, window), s) for s in params.stop]

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import httpx
 
-from .base import Completion, EngineError, ProgressFn, Request, SamplingParams
+from .base import Completion, EngineError, ProgressFn, Request, SamplingParams, check_requests
 from .chat import CHATML_TEMPLATE, ChatTemplate
 
 _DEFAULT_N_CTX = 4096  # when neither the config nor the server says
@@ -500,15 +500,7 @@ class OpenAIEngine:
     def _generate(self, session: "_Session", requests: Sequence[Request], progress: ProgressFn | None) -> list[Completion]:
         if not requests:
             return []
-        slots = [r.slot for r in requests if r.slot is not None]
-        if len(set(slots)) != len(slots):
-            raise EngineError("two requests in one call name the same slot")
-        for r in requests:
-            if not r.prompt:
-                raise EngineError("empty prompt: a request needs at least one prompt token")
-            if len(r.prompt) >= self.n_ctx:
-                raise EngineError(f"prompt of {len(r.prompt)} tokens does not fit the context window of "
-                                  f"{self.n_ctx} tokens: shorten the prompt or use a server with a longer context")
+        check_requests(requests, self.n_ctx, "use a server with a longer context")
         call = _Call(len(requests))
         results: list[Completion | None] = [None] * len(requests)
         errors: list[BaseException] = []

@@ -7,7 +7,6 @@ embedded engine, so ids and chat rendering are identical to it), or a Hugging Fa
 
 from __future__ import annotations
 
-import ctypes
 import os
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -27,10 +26,13 @@ class Tokenizer(Protocol):
 
 
 class GGUFTokenizer:
-    """The vocabulary of a GGUF model without its weights (llama.cpp `vocab_only`)."""
+    """The vocabulary of a GGUF model without its weights (llama.cpp `vocab_only`), read by the same
+    code as the embedded engine's."""
 
     def __init__(self, path: str | os.PathLike):
         import llama_cpp as ll
+
+        from .llamacpp import GGUFVocab
 
         self._ll = ll
         self.path = Path(path)
@@ -40,53 +42,10 @@ class GGUFTokenizer:
         self._model = ll.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             raise EngineError(f"could not load the vocabulary of '{self.path}': pass --tokenizer a valid .gguf")
-        self._vocab = ll.llama_model_get_vocab(self._model)
-        self._pieces: dict[int, bytes] = {}
+        self._text = GGUFVocab(ll, self._model)
+        self.tokenize, self.detokenize, self.render_chat = self._text.tokenize, self._text.detokenize, self._text.render_chat
+        self.chat_template = self._text.chat_template
         self.source = f"gguf:{self.path}"
-        self.chat_template = ChatTemplate(
-            self._meta("tokenizer.chat_template") or CHATML_TEMPLATE,
-            bos_token=self._text(ll.llama_vocab_bos(self._vocab)),
-            eos_token=self._text(ll.llama_vocab_eos(self._vocab)),
-        )
-
-    def _meta(self, key: str) -> str | None:
-        buf = ctypes.create_string_buffer(1 << 16)
-        n = self._ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
-        if n < 0:
-            return None
-        if n >= len(buf):
-            buf = ctypes.create_string_buffer(n + 1)
-            self._ll.llama_model_meta_val_str(self._model, key.encode(), buf, len(buf))
-        return buf.value.decode("utf-8", errors="replace")
-
-    def _piece(self, token: int, special: bool = True) -> bytes:
-        key = token if special else -1 - token
-        piece = self._pieces.get(key)
-        if piece is None:
-            buf = ctypes.create_string_buffer(256)
-            n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
-            piece = self._pieces[key] = buf.raw[: max(n, 0)]
-        return piece
-
-    def _text(self, token: int) -> str:
-        return self._piece(token).decode("utf-8", errors="replace") if token >= 0 else ""
-
-    def tokenize(self, text: str, special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 16
-        buf = (self._ll.llama_token * cap)()
-        n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, cap, False, special)
-        if n < 0:
-            cap = -n
-            buf = (self._ll.llama_token * cap)()
-            n = self._ll.llama_tokenize(self._vocab, data, len(data), buf, cap, False, special)
-        return list(buf[:n])
-
-    def detokenize(self, ids: Sequence[int], special: bool = True) -> str:
-        return b"".join(self._piece(int(t), special) for t in ids).decode("utf-8", errors="replace")
-
-    def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
-        return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
 
     def close(self) -> None:
         if getattr(self, "_model", None):
@@ -101,9 +60,14 @@ class GGUFTokenizer:
 
 
 class HFTokenizer:
-    """A Hugging Face tokenizer directory (what vLLM and SGLang load for the served model)."""
+    """A Hugging Face tokenizer (what vLLM and SGLang load for the served model), used like llama.cpp's:
+    no BOS added, `special` parses special-token text into special tokens."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, tokenizer=None):
+        self.source = f"hf:{path}"
+        if tokenizer is not None:  # already loaded (vLLM's own)
+            self._tok = tokenizer
+            return
         try:
             from transformers import AutoTokenizer
         except ImportError as e:  # pragma: no cover - transformers is a dependency here
@@ -112,13 +76,12 @@ class HFTokenizer:
             self._tok = AutoTokenizer.from_pretrained(str(path))
         except Exception as e:
             raise EngineError(f"could not load the Hugging Face tokenizer in '{path}': {e}") from e
-        self.source = f"hf:{path}"
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False, split_special_tokens=not special))
 
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    def detokenize(self, ids: Sequence[int], special: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=not special, clean_up_tokenization_spaces=False)
 
     def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
         if not getattr(self._tok, "chat_template", None):

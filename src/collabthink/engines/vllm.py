@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
-from .base import Completion, EngineError, ProgressFn, Request, SamplingParams
-from .chat import CHATML_TEMPLATE, ChatTemplate
+from .base import Completion, EngineError, ProgressFn, Request, SamplingParams, check_requests
+from .tokenizers import HFTokenizer
 
 _INSTALL_HINT = (
     "the vllm engine needs vLLM, the optional extra collabthink[vllm]: "
@@ -153,6 +153,7 @@ class VLLMEngine:
             raise EngineError(f"vLLM could not load model '{cfg.model}': {e}") from e
         self._engine = self._llm.llm_engine
         self._tok = self._llm.get_tokenizer()
+        self.text = HFTokenizer(self.model_path, tokenizer=self._tok)
         mc = self._engine.model_config
         self.n_ctx: int = mc.max_model_len
         self._ids = itertools.count()
@@ -169,16 +170,13 @@ class VLLMEngine:
 
     # ----------------------------------------------------------------- text <-> tokens
     def tokenize(self, text: str, special: bool = True) -> list[int]:
-        """Like llama.cpp's: no BOS added; `special` parses special-token text into special tokens."""
-        return list(self._tok.encode(text, add_special_tokens=False, split_special_tokens=not special))
+        return self.text.tokenize(text, special)
 
     def detokenize(self, ids: Sequence[int], special: bool = True) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=not special, clean_up_tokenization_spaces=False)
+        return self.text.detokenize(ids, special)
 
     def render_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
-        if not getattr(self._tok, "chat_template", None):
-            return ChatTemplate(CHATML_TEMPLATE).render(messages, add_generation_prompt=add_generation_prompt)
-        return self._tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.text.render_chat(messages, add_generation_prompt)
 
     def release(self, slot: str) -> None:
         """Nothing to do: vLLM's prefix cache is shared by content and evicts least recently used blocks."""
@@ -205,17 +203,7 @@ class VLLMEngine:
     def generate(self, requests: Sequence[Request], progress: ProgressFn | None = None) -> list[Completion]:
         if not requests:
             return []
-        slots = [r.slot for r in requests if r.slot is not None]
-        if len(set(slots)) != len(slots):
-            raise EngineError("two requests in one call name the same slot")
-        for r in requests:
-            if not r.prompt:
-                raise EngineError("empty prompt: a request needs at least one prompt token")
-            if len(r.prompt) >= self.n_ctx:
-                raise EngineError(
-                    f"prompt of {len(r.prompt)} tokens does not fit the context window of {self.n_ctx} "
-                    "tokens: shorten the prompt or raise max_model_len"
-                )
+        check_requests(requests, self.n_ctx, "raise max_model_len")
         call = next(self._ids)
         ids = [f"collabthink-{call}-{i}" for i in range(len(requests))]
         runs = {rid: _Run() for rid in ids}

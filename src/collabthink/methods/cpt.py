@@ -25,7 +25,6 @@ from ..prompts import chat_ids, question_messages
 from ..sharing import (
     BROADCAST,
     BROADCAST_RULES,
-    EXPLORE,
     FINALIZE,
     NOTES_CLOSE,
     NOTES_OPEN,
