@@ -375,3 +375,22 @@ def test_cpt_on_the_tiny_real_model(engine):
     assert {"pool", "schedule", "phase_changes"} <= set(t.extra)
     assert t.vote["total"] == 2
     assert not engine.slots  # every branch slot released
+
+
+def test_note_writing_reports_progress_so_a_run_can_be_stopped_there():
+    events = []
+    engine = FakeEngine(CPTScript(notes={0: [[fact(0)]], 1: [[fact(1)]]}))
+    run_cpt(engine, "What is 2 + 2?", cfg(budget=80), progress=events.append)
+    extract = [e for e in events if e["phase"] == "extract"]
+    assert extract and extract[0]["round"] == 0 and len(extract[0]["tokens"]) == 2
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_extraction(event):
+        if event["phase"] == "extract":
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_cpt(FakeEngine(CPTScript(notes={0: [[fact(0)]], 1: [[fact(1)]]})), "What is 2 + 2?", cfg(budget=80),
+                progress=stop_at_extraction)

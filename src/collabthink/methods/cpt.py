@@ -291,7 +291,8 @@ class CPTRun:
             asked.append(s)
             rec["injected"] += injected
             cost.injected_tokens += injected
-        completions = self.engine.generate(requests)
+        # Progress while notes are written too: the display stays live and a cancelled run stops here.
+        completions = self.engine.generate(requests, progress=self._progress(rec["round"], "extract", []))
         self.trace.cost.add_prefill(completions, rec)
         found = []
         rec["extracted_by_branch"] = {}
