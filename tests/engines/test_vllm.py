@@ -285,3 +285,64 @@ def test_cpt_on_vllm_gives_the_same_result_shape_as_the_embedded_engine(vllm_eng
     assert on_vllm.trace.cost.generated_tokens > 0 and on_vllm.trace.cost.prefill_reused >= 0
     assert on_vllm.trace.model["engine"].startswith("vllm")
     assert isinstance(on_vllm.votes, dict) and (on_vllm.answer is None or isinstance(on_vllm.answer, str))
+
+
+@pytest.fixture(scope="module")
+def vllm_server():
+    """vLLM's own OpenAI-compatible server (what `vllm serve` runs) on 127.0.0.1, same model and settings."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    from collabthink.engines.llama_server import free_port
+    from collabthink.engines.vllm import resolve_hf_model
+
+    port = free_port()
+    args = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", resolve_hf_model("smollm2-135m"),
+            "--served-model-name", "smollm2-135m", "--dtype", "float32", "--enforce-eager", "--block-size", "32",
+            "--kv-cache-memory-bytes", str(1 << 30), "--enable-prompt-tokens-details", "--host", "127.0.0.1",
+            "--port", str(port)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, "the vLLM server exited while starting"
+            assert time.monotonic() < deadline, "the vLLM server did not start within 240 s"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_the_server_engine_speaks_vllms_server_dialect(vllm_server, vllm_engine):
+    """The OpenAI server engine against `vllm serve`: same prompt ids and greedy tokens as vLLM in-process,
+    finish reasons, stop strings, logprobs with ids, cached prompt tokens reported."""
+    from collabthink.engines.openai import OpenAIEngine
+
+    with OpenAIEngine(base_urls=(vllm_server,)) as engine:
+        assert engine.model_info["server"] == "vllm" and engine.model_info["tokenizer"] == "server:vllm /tokenize"
+        ids = prompt(engine, "What is 2 + 3? Answer briefly.")
+        assert ids == prompt(vllm_engine, "What is 2 + 3? Answer briefly.")
+        greedy = SamplingParams(max_tokens=40, temperature=0)
+        eos, stop, logp = engine.generate([Request(ids, greedy), Request(ids, greedy.but(stop=(" is",))),
+                                           Request(ids, greedy.but(max_tokens=4, logprobs=3))])
+        ref = vllm_engine.generate([Request(ids, greedy)])[0]
+        assert (eos.finish_reason, eos.text, eos.token_ids) == (ref.finish_reason, ref.text, ref.token_ids)
+        if " is" in ref.text:
+            assert (stop.finish_reason, stop.stop_string) == ("stop", " is")
+            assert stop.text == ref.text[: ref.text.index(" is")]
+        assert logp.finish_reason == "length" and len(logp.logprobs) == 4
+        assert all(len(top) == 3 and all(t >= 0 for t, _ in top) for top in logp.logprobs)
+        again = engine.generate([Request(ids + eos.token_ids, greedy.but(max_tokens=4))])[0]
+        assert again.prompt_reused >= 32 and engine.model_info["reports_cached"] is True
