@@ -10,6 +10,7 @@ import pytest
 
 from collabthink.engines.base import Request, SamplingParams
 from collabthink.engines.llama_server import LlamaServer, server_binary
+from server_checks import generate_like_reference
 
 N_PARALLEL = 4
 N_CTX_PER_SLOT = 1024
@@ -74,17 +75,8 @@ def test_semantics_match_the_embedded_engine(servers, tiny_engine):
         messages = [{"role": "user", "content": "What is 2 + 3? Answer briefly."}]
         ids = engine.tokenize(engine.render_chat(messages))
         assert ids == tiny_engine.tokenize(tiny_engine.render_chat(messages))  # same prompt token for token
-        greedy = SamplingParams(max_tokens=40, temperature=0)
-        eos, stop, logp = engine.generate([Request(ids, greedy), Request(ids, greedy.but(stop=(" is",))),
-                                           Request(ids, greedy.but(max_tokens=4, logprobs=3))])
-        ref = tiny_engine.generate([Request(ids, greedy)])[0]
-        assert (eos.finish_reason, eos.text, eos.token_ids) == (ref.finish_reason, ref.text, ref.token_ids)
-        if " is" in ref.text:
-            assert stop.finish_reason == "stop" and stop.stop_string == " is"
-            assert stop.text == ref.text[: ref.text.index(" is")]
-        assert logp.finish_reason == "length" and len(logp.logprobs) == 4
+        logp, again = generate_like_reference(engine, tiny_engine, ids)
         assert all(len(top) == 3 and top[0][1] >= top[-1][1] for top in logp.logprobs)
-        again = engine.generate([Request(ids + eos.token_ids, greedy.but(max_tokens=4))])[0]
         assert again.prompt_reused >= len(ids) - 1  # the server's prefix cache
         assert engine.model_info["reports_cached"] is True
 

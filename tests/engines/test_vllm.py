@@ -328,21 +328,14 @@ def vllm_server():
 def test_the_server_engine_speaks_vllms_server_dialect(vllm_server, vllm_engine):
     """The OpenAI server engine against `vllm serve`: same prompt ids and greedy tokens as vLLM in-process,
     finish reasons, stop strings, logprobs with ids, cached prompt tokens reported."""
+    from server_checks import generate_like_reference
+
     from collabthink.engines.openai import OpenAIEngine
 
     with OpenAIEngine(base_urls=(vllm_server,)) as engine:
         assert engine.model_info["server"] == "vllm" and engine.model_info["tokenizer"] == "server:vllm /tokenize"
         ids = prompt(engine, "What is 2 + 3? Answer briefly.")
         assert ids == prompt(vllm_engine, "What is 2 + 3? Answer briefly.")
-        greedy = SamplingParams(max_tokens=40, temperature=0)
-        eos, stop, logp = engine.generate([Request(ids, greedy), Request(ids, greedy.but(stop=(" is",))),
-                                           Request(ids, greedy.but(max_tokens=4, logprobs=3))])
-        ref = vllm_engine.generate([Request(ids, greedy)])[0]
-        assert (eos.finish_reason, eos.text, eos.token_ids) == (ref.finish_reason, ref.text, ref.token_ids)
-        if " is" in ref.text:
-            assert (stop.finish_reason, stop.stop_string) == ("stop", " is")
-            assert stop.text == ref.text[: ref.text.index(" is")]
-        assert logp.finish_reason == "length" and len(logp.logprobs) == 4
+        logp, again = generate_like_reference(engine, vllm_engine, ids)
         assert all(len(top) == 3 and all(t >= 0 for t, _ in top) for top in logp.logprobs)
-        again = engine.generate([Request(ids + eos.token_ids, greedy.but(max_tokens=4))])[0]
         assert again.prompt_reused >= 32 and engine.model_info["reports_cached"] is True
